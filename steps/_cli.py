@@ -1,0 +1,92 @@
+"""The thin CLI every step shares: a pydantic config becomes `--flags`, a YAML `--config`
+file and `key=value` overrides, validated before any work starts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+C = TypeVar("C", bound=BaseModel)
+
+
+def _parse_value(raw: str) -> Any:
+    # Scalars stay strings (pydantic coerces "20" to an int field, and a str field keeps "007");
+    # `[a, b]` and `{k: v}` are read as YAML so list and mapping fields can be overridden.
+    if raw.strip()[:1] in "[{":
+        import yaml
+
+        try:
+            return yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise SystemExit(f"cannot parse {raw!r} as a YAML list/mapping: {e}") from e
+    return raw
+
+
+def load_config(cls: type[C], config_file: str | None = None, overrides: dict[str, Any] | None = None) -> C:
+    data: dict[str, Any] = {}
+    if config_file:
+        import yaml
+
+        path = Path(config_file)
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except FileNotFoundError as e:
+            raise SystemExit(f"config file {path} does not exist") from e
+        except yaml.YAMLError as e:
+            raise SystemExit(f"config file {path} is not valid YAML: {e}") from e
+        if not isinstance(loaded, dict):
+            raise SystemExit(f"config file {path} must hold a mapping of {cls.__name__} fields")
+        data.update(loaded)
+    data.update(overrides or {})
+    unknown = sorted(set(data) - set(cls.model_fields))
+    if unknown:
+        raise SystemExit(
+            f"unknown {cls.__name__} field(s) {unknown}"
+            + (f" in {config_file}" if config_file else "")
+            + f"; valid fields are {sorted(cls.model_fields)}"
+        )
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        lines = [f"invalid {cls.__name__}" + (f" in {config_file}" if config_file else "") + ":"]
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err["loc"])
+            lines.append(f"  {loc}: {err['msg']} (got {err.get('input')!r})")
+        raise SystemExit("\n".join(lines)) from e
+
+
+def main(cls: type[C], run: Callable[[C], Any], doc: str | None = None, argv: Sequence[str] | None = None) -> Any:
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", help="YAML file with config fields (flags and key=value override it)")
+    for name, field in cls.model_fields.items():
+        default = field.default if field.default is not None else None
+        help_text = (field.description or "") + (f" [default: {default}]" if default not in (None, "") else "")
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=argparse.SUPPRESS, help=help_text)
+    parser.add_argument("overrides", nargs="*", help="key=value overrides")
+    args = vars(parser.parse_args(argv))
+    config_file = args.pop("config", None)
+    over: dict[str, Any] = {}
+    for item in args.pop("overrides", []):
+        if "=" not in item:
+            parser.error(f"override {item!r} must look like key=value")
+        k, v = item.split("=", 1)
+        over[k.strip().replace("-", "_")] = _parse_value(v)
+    for k, v in args.items():
+        over[k] = _parse_value(v) if isinstance(v, str) else v
+    cfg = load_config(cls, config_file, over)
+    result = run(cfg)
+    if result is not None and isinstance(result, (dict, list)):
+        print(json.dumps(result, indent=2, default=str))
+    return result
+
+
+def die(msg: str, code: int = 2) -> None:
+    print(f"error: {msg}", file=sys.stderr)
+    raise SystemExit(code)

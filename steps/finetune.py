@@ -1,0 +1,184 @@
+"""finetune: supervised fine-tuning of the student on the teacher's answers with TRL + PEFT.
+
+Methods: `lora` (default), `qlora` (4-bit NF4 base via bitsandbytes; CUDA only: bitsandbytes has
+no 4-bit autograd kernel on CPU) and `full`. Data are prompt/completion pairs, so the loss is on
+the completion only. Writes `adapter/` (LoRA/QLoRA), `merged/` (a plain model folder any
+engine loads), `loss.jsonl`, `train_config.json` and manifest.json (tokens/s, peak RSS).
+Checkpoints every `save_steps` under `checkpoints/`; a restarted step resumes from the last one.
+
+    python -m steps.finetune --data runs/data --out runs/ft --base-model smollm2-135m --max-steps 100
+    python -m steps.finetune --data d --out o --base-model microsoft/phi-2 --method qlora   # on a GPU
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import time
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from steps._io import Progress, atomic_path, read_jsonl, write_json, write_jsonl, write_manifest
+
+DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class FinetuneConfig(BaseModel):
+    data: str = Field(description="generate output folder (train.jsonl) or a JSONL file")
+    out: str = Field(description="output folder")
+    base_model: str = Field(description="student: bundled name, local folder or hub ID")
+    method: Literal["lora", "qlora", "full"] = Field("lora", description="lora | qlora | full")
+    r: int = Field(16, description="LoRA rank")
+    alpha: int = Field(32, description="LoRA alpha")
+    dropout: float = Field(0.05, description="LoRA dropout")
+    target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGETS),
+                                      description="modules that get adapters (attention + MLP projections)")
+    learning_rate: float = Field(2e-4, description="peak learning rate")
+    max_steps: int = Field(100, ge=1, description="optimizer steps")
+    batch_size: int = Field(2, ge=1, description="per-device batch size")
+    grad_accum: int = Field(2, ge=1, description="gradient accumulation steps (effective batch = batch_size x this)")
+    max_length: int = Field(384, description="truncate prompt+completion to this many tokens")
+    warmup_ratio: float = Field(0.05, description="linear warm-up fraction")
+    save_steps: int = Field(25, description="checkpoint every N steps (resume point)")
+    threads: int | None = Field(None, description="torch CPU threads (default: all cores)")
+    seed: int = Field(0, description="seed for data order, dropout and init")
+    merge: bool = Field(True, description="also save the adapter merged into the base model")
+
+
+def _examples(rows: list[dict], chat: bool) -> list[dict]:
+    if chat:
+        return [{"prompt": [{"role": "user", "content": r["question"]}],
+                 "completion": [{"role": "assistant", "content": r["answer"]}]} for r in rows]
+    return [{"prompt": f"Question: {r['question']}\nAnswer:", "completion": " " + r["answer"]} for r in rows]
+
+
+def run(cfg: FinetuneConfig) -> dict:
+    t0 = time.monotonic()
+    src = Path(cfg.data)
+    rows = read_jsonl(src / "train.jsonl" if src.is_dir() else src)
+    for i, r in enumerate(rows, 1):
+        for k in ("question", "answer"):
+            if not str(r.get(k) or "").strip():
+                raise ValueError(f"{src}: training row {i} has an empty {k!r}")
+    if not rows:
+        raise ValueError(f"{src}: no training rows")
+
+    import torch
+
+    if cfg.method == "qlora" and not torch.cuda.is_available():
+        raise SystemExit("method=qlora needs a CUDA GPU: bitsandbytes has no 4-bit autograd kernel on CPU. "
+                         "Use method=lora here, or request a GPU for the finetune node (-p gpus=1).")
+    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from steps import models
+
+    base = models.resolve(cfg.base_model)
+    chat = models.has_chat_template(base) if Path(base).is_dir() else True
+    tok = AutoTokenizer.from_pretrained(base)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    load_kw: dict = {"dtype": torch.float32}
+    if cfg.method == "qlora":
+        from peft import prepare_model_for_kbit_training
+        from transformers import BitsAndBytesConfig
+
+        load_kw = {"quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16), "device_map": "auto"}
+    torch.manual_seed(cfg.seed)
+    model = AutoModelForCausalLM.from_pretrained(base, **load_kw)
+    if cfg.method == "qlora":
+        model = prepare_model_for_kbit_training(model)
+    if cfg.method in ("lora", "qlora"):
+        present = {n.split(".")[-1] for n, _ in model.named_modules()}
+        missing = [m for m in cfg.target_modules if m not in present]
+        if missing:
+            raise ValueError(f"target_modules {missing} do not exist in {cfg.base_model}; "
+                             f"linear layers include {sorted(p for p in present if 'proj' in p or 'dense' in p)}")
+        model = get_peft_model(model, LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                                                 target_modules=cfg.target_modules, task_type="CAUSAL_LM"))
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "manifest.json").unlink(missing_ok=True)
+    ckpt_dir = out / "checkpoints"
+    progress = Progress(cfg.max_steps, "finetune")
+    losses: list[dict] = []
+
+    class Track(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            progress.set(state.global_step)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                losses.append({"step": state.global_step, **{k: v for k, v in logs.items()
+                                                            if isinstance(v, (int, float))}})
+
+    cuda = torch.cuda.is_available()
+    args = SFTConfig(
+        output_dir=str(ckpt_dir), max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.learning_rate,
+        warmup_steps=max(1, round(cfg.warmup_ratio * cfg.max_steps)), lr_scheduler_type="cosine", logging_steps=1,
+        save_steps=cfg.save_steps, save_total_limit=1, seed=cfg.seed, data_seed=cfg.seed,
+        max_length=cfg.max_length, completion_only_loss=True, report_to=[],
+        # CPU: float32 and no gradient checkpointing (SFTConfig defaults assume a GPU)
+        bf16=cuda and torch.cuda.is_bf16_supported(), fp16=False, use_cpu=not cuda,
+        gradient_checkpointing=cfg.method != "lora" and cuda, dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(_examples(rows, chat)),
+                         processing_class=tok, callbacks=[Track()])
+    last = None
+    if ckpt_dir.exists():
+        found = sorted(ckpt_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+        last = str(found[-1]) if found else None
+    t_train = time.monotonic()
+    result = trainer.train(resume_from_checkpoint=last)
+    train_s = time.monotonic() - t_train
+    hist = [h for h in trainer.state.log_history if "loss" in h]
+    tokens = max((h.get("num_tokens", 0) for h in trainer.state.log_history), default=0)
+
+    t_save = time.monotonic()
+    if cfg.method in ("lora", "qlora"):
+        with atomic_path(out / "adapter", is_dir=True) as tmp:
+            trainer.model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+        if cfg.merge and cfg.method == "lora":
+            with atomic_path(out / "merged", is_dir=True) as tmp:
+                trainer.model.merge_and_unload().save_pretrained(tmp)
+                tok.save_pretrained(tmp)
+    else:
+        with atomic_path(out / "merged", is_dir=True) as tmp:
+            trainer.model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+    write_jsonl(out / "loss.jsonl", [{"step": h["step"], "loss": h["loss"],
+                                      "learning_rate": h.get("learning_rate"),
+                                      "num_tokens": h.get("num_tokens")} for h in hist])
+    write_json(out / "train_config.json", {**cfg.model_dump(), "resolved_base": base, "chat_format": chat,
+                                           "resumed_from": last})
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    counts = {"train_rows": len(rows), "steps": trainer.state.global_step,
+              "first_loss": hist[0]["loss"] if hist else None, "last_loss": hist[-1]["loss"] if hist else None,
+              "train_tokens": tokens, "tokens_per_s": tokens / train_s if train_s and tokens else None,
+              "peak_rss_mb": round(peak_rss_mb, 1), "train_runtime_s": result.metrics.get("train_runtime")}
+    write_manifest(out, "finetune", cfg, counts=counts,
+                   timings={"wall": time.monotonic() - t0, "train": train_s, "save": time.monotonic() - t_save},
+                   packages=["torch", "transformers", "trl", "peft", "datasets"],
+                   extra={"base_model": models.describe(cfg.base_model), "resolved_base": base,
+                          "threads": torch.get_num_threads()})
+    return counts
+
+
+if __name__ == "__main__":
+    from steps._cli import main
+
+    main(FinetuneConfig, run, __doc__)

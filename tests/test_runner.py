@@ -1,0 +1,362 @@
+"""The local runner executes rendered Workflows with real processes, as Argo would.
+
+Each fixture in tests/fixtures/workflows is a hand-written Workflow whose steps are tiny
+`python -c` programs; the tests check what ran, in which order, and what came out.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import socket
+from pathlib import Path
+
+import pytest
+import yaml
+from rich.console import Console
+
+from workflows.runner import WorkflowError, check_supported, eval_when, load_workflow, run_file, run_workflow
+
+FIXTURES = Path(__file__).parent / "fixtures" / "workflows"
+
+
+def quiet() -> Console:
+    return Console(file=io.StringIO(), width=120)
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().splitlines()
+
+
+def test_pipeline_order_parameters_artifacts_fanout_and_when(tmp_path):
+    console = quiet()
+    result = run_file(FIXTURES / "pipeline.yaml", tmp_path, console=console)
+
+    assert result.phase == "Succeeded", result.message
+    order = lines(tmp_path / "volumes" / "shared" / "order.log")
+    assert order[0] == "gen"
+    assert sorted(order) == sorted(["gen", "shout-a", "shout-b", "shout-c", "collect", "yes", "pair-1-one", "pair-2-two"])
+    assert order.index("collect") > max(order.index(f"shout-{x}") for x in "abc")
+    # artifact passed by path, parameters through files, fan-out aggregated as Argo does
+    assert result.nodes["shout.1"]["outputs"]["parameters"] == {"upper": "hello-B"}
+    assert result.nodes["gen"]["outputs"]["parameters"] == {"items": '["a", "b", "c"]', "count": "3"}
+    report = Path(result.nodes["collect"]["outputs"]["artifacts"]["report"])
+    assert report == tmp_path / "nodes" / "collect" / "artifacts" / "report"
+    assert json.loads(report.read_text()) == ["hello-A", "hello-B", "hello-C"]
+    assert result.nodes["when-yes"]["phase"] == "Succeeded"
+    assert result.nodes["when-no"]["phase"] == "Skipped"
+    assert "no" not in order
+    # bookkeeping: status per node, run summary, progress env, plain log lines when not a TTY
+    status = json.loads((tmp_path / "nodes" / "gen" / "status.json").read_text())
+    assert status["phase"] == "Succeeded" and status["attempts"] == 1 and status["exit_code"] == 0
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["phase"] == "Succeeded" and run["wall_s"] >= run["overhead_s"] >= 0
+    assert set(run["nodes"]) >= {"gen", "shout.0", "collect"}
+    assert "gen" in console.file.getvalue() and "Succeeded" in console.file.getvalue()
+
+
+def test_parameter_override_reaches_the_steps(tmp_path):
+    result = run_file(FIXTURES / "pipeline.yaml", tmp_path, parameters={"greeting": "hi", "mode": "slow"}, console=quiet())
+    assert result.ok
+    assert result.nodes["shout.0"]["outputs"]["parameters"]["upper"] == "hi-A"
+    assert result.nodes["when-no"]["phase"] == "Succeeded"
+
+
+def test_depends_results_failed_skipped_and_omitted(tmp_path):
+    result = run_file(FIXTURES / "depends.yaml", tmp_path, console=quiet())
+
+    phases = {k: v["phase"] for k, v in result.nodes.items()}
+    assert phases == {"bad": "Failed", "on-fail": "Succeeded", "after-bad": "Omitted", "skipped": "Skipped",
+                      "after-skip": "Succeeded", "skip-only": "Succeeded", "either": "Succeeded",
+                      "legacy": "Succeeded"}
+    assert sorted(lines(tmp_path / "volumes" / "shared" / "ran.log")) == ["after-skip", "either", "legacy", "on-fail", "skip-only"]
+    # the omitted leaf inherits bad's failure, so the run fails (Argo's branch-phase rule)
+    assert result.phase == "Failed" and result.failed_node == "bad"
+    assert "failing on purpose" in result.log_tail
+
+
+def test_failure_handled_by_depends_failed_lets_the_run_succeed(tmp_path):
+    doc = load_workflow(FIXTURES / "depends.yaml")
+    tasks = doc["spec"]["templates"][-1]["dag"]["tasks"]
+    tasks[:] = [t for t in tasks if t["name"] != "after-bad"]
+    result = run_workflow(doc, tmp_path, console=quiet())
+    assert result.phase == "Succeeded"
+    assert result.nodes["bad"]["phase"] == "Failed" and result.nodes["on-fail"]["phase"] == "Succeeded"
+
+
+def alive(pid: int) -> bool:
+    """A process that exists and is not a zombie (an orphan's zombie waits for PID 1 to reap it)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "State:\tZ" not in status
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_daemon_reached_through_task_ip_and_stopped_afterwards(tmp_path):
+    port = free_port()
+    doc = yaml.safe_load((FIXTURES / "daemon.yaml").read_text().replace("18765", str(port)))
+    result = run_workflow(doc, tmp_path, console=quiet())
+
+    assert result.ok, result.message
+    assert result.nodes["ask"]["outputs"]["parameters"]["reply"] == "pong"
+    assert result.nodes["srv"]["phase"] == "Succeeded" and "stopped" in result.nodes["srv"]["message"]
+    assert not alive(int((tmp_path / "volumes" / "shared" / "server.pid").read_text()))
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_daemon_that_exits_before_ready_fails_with_its_log(tmp_path):
+    doc = load_workflow(FIXTURES / "daemon.yaml")
+    doc["spec"]["templates"][0]["container"]["args"][0] = "import sys; print('no model file'); sys.exit(2)"
+    result = run_workflow(doc, tmp_path, console=quiet())
+    assert result.phase == "Failed"
+    assert result.nodes["srv"]["phase"] == "Failed"
+    assert "before it was ready" in result.nodes["srv"]["message"] and "no model file" in result.nodes["srv"]["message"]
+    assert result.nodes["ask"]["phase"] == "Omitted"
+
+
+def test_retry_strategy_retries_with_backoff(tmp_path):
+    result = run_file(FIXTURES / "retry.yaml", tmp_path, console=quiet())
+    assert result.ok, result.message
+    node = result.nodes["flaky"]
+    assert node["attempts"] == 3 and node["outputs"]["parameters"]["tries"] == "3"
+    assert lines(tmp_path / "volumes" / "shared" / "count.retries") == ["0", "1", "2"]  # {{retries}}
+    assert node["duration_s"] >= 0.3  # 100ms then 200ms of backoff
+    assert (tmp_path / "nodes" / "flaky" / "log.txt").read_text().count("=== attempt") == 3
+
+
+def test_retry_limit_exhausted_fails(tmp_path):
+    doc = load_workflow(FIXTURES / "retry.yaml")
+    doc["spec"]["templates"][0]["retryStrategy"]["limit"] = 1
+    result = run_workflow(doc, tmp_path, console=quiet())
+    assert result.phase == "Failed" and result.nodes["flaky"]["attempts"] == 2
+    assert "attempt 2 fails on purpose" in result.log_tail
+
+
+def test_resume_skips_succeeded_nodes(tmp_path):
+    shared = tmp_path / "volumes" / "shared"
+    shared.mkdir(parents=True)
+    (shared / "fail").touch()
+    first = run_file(FIXTURES / "resume.yaml", tmp_path, console=quiet())
+    assert first.phase == "Failed" and first.failed_node == "second"
+    assert first.nodes["first"]["phase"] == "Succeeded"
+    assert (shared / "first.count").read_text() == "1"
+
+    (shared / "fail").unlink()
+    console = quiet()
+    second = run_file(FIXTURES / "resume.yaml", tmp_path, console=console)
+    assert second.ok, second.message
+    assert (shared / "first.count").read_text() == "1"  # not run again
+    assert second.nodes["first"]["reused"] and not second.nodes["second"]["reused"]
+    assert Path(second.nodes["second"]["outputs"]["artifacts"]["final"]).read_text() == "v1!"
+    assert "reused" in console.file.getvalue()
+
+
+def test_resume_with_other_parameters_or_spec_is_refused(tmp_path):
+    assert run_file(FIXTURES / "resume.yaml", tmp_path, console=quiet()).ok
+    with pytest.raises(WorkflowError, match=r"parameter tag: 'v1' -> 'v2'(.|\n)*new --out"):
+        run_file(FIXTURES / "resume.yaml", tmp_path, parameters={"tag": "v2"}, console=quiet())
+    doc = load_workflow(FIXTURES / "resume.yaml")
+    doc["spec"]["templates"][1]["container"]["args"][2] = "/out/other.txt"
+    with pytest.raises(WorkflowError, match=r"spec\.templates\[1\]\.container\.args\[2\]"):
+        run_workflow(doc, tmp_path, console=quiet())
+
+
+def test_unsupported_fields_fail_before_any_node_runs(tmp_path):
+    with pytest.raises(WorkflowError) as err:
+        run_file(FIXTURES / "unsupported.yaml", tmp_path, console=quiet())
+    message = str(err.value)
+    assert "spec.templates[1].script: not supported by the local runner (supported: " in message
+    assert "spec.templates[0].container.envFrom: not supported" in message
+    assert not (tmp_path / "nodes").exists() and not (tmp_path / "volumes").exists()
+
+
+def test_cluster_only_fields_are_ignored_but_typos_are_not(tmp_path):
+    doc = load_workflow(FIXTURES / "pipeline.yaml")
+    assert check_supported(doc) == []  # resources, imagePullPolicy, podGC, archive, labels, ...
+    doc["spec"]["templates"][0]["container"]["comand"] = ["python"]
+    assert check_supported(doc) == [
+        "spec.templates[0].container.comand: not supported by the local runner (supported: args, command, env, "
+        "readinessProbe, volumeMounts, workingDir)"]
+
+
+def test_unknown_variable_is_an_error_naming_the_field(tmp_path):
+    doc = load_workflow(FIXTURES / "pipeline.yaml")
+    doc["spec"]["templates"][0]["container"]["args"][1] = "{{inputs.parameters.greting}}"
+    with pytest.raises(WorkflowError, match=r"spec\.templates\[0\]\.container\.args\[1\]: unknown variable "
+                                            r"'\{\{inputs\.parameters\.greting\}\}'"):
+        run_workflow(doc, tmp_path, console=quiet())
+    doc = load_workflow(FIXTURES / "pipeline.yaml")
+    doc["spec"]["templates"][-1]["dag"]["tasks"][3]["when"] = "{{tasks.shout.outputs.parameters.upper}} == x"
+    with pytest.raises(WorkflowError, match=r"tasks\[3\]\.when: .*task 'shout', which this task does not depend on"):
+        run_workflow(doc, tmp_path, console=quiet())
+
+
+def test_parameter_enum_and_unknown_names_are_rejected(tmp_path):
+    with pytest.raises(WorkflowError, match=r"parameter 'mode'='turbo' is not allowed; allowed values: fast, slow"):
+        run_file(FIXTURES / "pipeline.yaml", tmp_path, parameters={"mode": "turbo"}, console=quiet())
+    with pytest.raises(WorkflowError, match=r"unknown parameter\(s\) greetng; this workflow takes: greeting, mode"):
+        run_file(FIXTURES / "pipeline.yaml", tmp_path, parameters={"greetng": "x"}, console=quiet())
+
+
+def intervals(folder: Path, names: str) -> list[tuple[float, float]]:
+    stamps = [json.loads((folder / f"{n}.json").read_text()) for n in names]
+    return sorted((s["start"], s["end"]) for s in stamps)
+
+
+def overlapping(spans: list[tuple[float, float]]) -> bool:
+    return any(b[0] < a[1] for a, b in zip(spans, spans[1:]))
+
+
+def test_semaphore_limits_concurrency_even_with_free_jobs(tmp_path):
+    result = run_file(FIXTURES / "sync.yaml", tmp_path, jobs=2, console=quiet())
+    assert result.ok
+    folder = tmp_path / "volumes" / "shared"
+    assert not overlapping(intervals(folder, "ab"))  # semaphore gpu: default limit 1
+    assert overlapping(intervals(folder, "abcd"))  # jobs=2 does run two at once
+
+
+def test_parallelism_one_runs_nodes_one_at_a_time(tmp_path):
+    result = run_file(FIXTURES / "sync.yaml", tmp_path, semaphore_limits={"kubellm-semaphores/gpu": 2}, console=quiet())
+    assert result.ok  # no spec.parallelism, no jobs: one node at a time on this 2-core machine
+    assert not overlapping(intervals(tmp_path / "volumes" / "shared", "abcd"))
+
+
+def test_nested_dag_fan_out_with_dag_outputs(tmp_path):
+    result = run_file(FIXTURES / "nested.yaml", tmp_path, console=quiet())
+    assert result.ok, result.message
+    assert result.nodes["inner.0.second"]["outputs"]["parameters"]["out"] == "xx"
+    assert result.nodes["final"]["outputs"]["parameters"]["out"] == '["xx","yy"]'
+
+
+def one_task(container: dict, **template: object) -> dict:
+    return {"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow", "metadata": {"name": "t"},
+            "spec": {"entrypoint": "main", "templates": [
+                {"name": "step", "container": {"image": "python:3.11", **container}, **template},
+                {"name": "main", "dag": {"tasks": [{"name": "step", "template": "step"}]}}]}}
+
+
+def test_missing_output_artifact_fails_the_node_naming_it(tmp_path):
+    doc = one_task({"command": ["python", "-c", "pass"]}, outputs={"artifacts": [{"name": "model", "path": "/out/model"}]})
+    result = run_workflow(doc, tmp_path, console=quiet())
+    assert result.phase == "Failed"
+    assert result.nodes["step"]["phase"] == "Error" and "output artifact 'model'" in result.nodes["step"]["message"]
+
+
+def test_active_deadline_kills_the_node(tmp_path):
+    doc = one_task({"command": ["python", "-c", "import time; time.sleep(30)"]}, activeDeadlineSeconds=1)
+    result = run_workflow(doc, tmp_path, console=quiet())
+    assert result.phase == "Failed" and "activeDeadlineSeconds" in result.nodes["step"]["message"]
+    assert result.wall_s < 10
+
+
+def test_env_secret_and_path_rewriting(tmp_path, monkeypatch):
+    monkeypatch.setenv("API_KEY", "s3cret")
+    monkeypatch.setenv("UNSET_TOKEN", "")
+    monkeypatch.delenv("UNSET_TOKEN")
+    program = ("import os, sys; open(sys.argv[1], 'w').write("
+               "os.environ['API_KEY'] + '|' + str('UNSET_TOKEN' in os.environ) + '|' + os.environ['OUT'] + '|'"
+               " + os.environ['KUBELLM_LOCAL_RUN'] + '|' + os.environ['ARGO_PROGRESS_FILE'] + '|' + sys.argv[2])")
+    doc = one_task({"command": ["python", "-c", program], "args": ["/out/x.txt", "$(API_KEY)"],
+                    "env": [{"name": "API_KEY", "valueFrom": {"secretKeyRef": {"name": "keys", "key": "api"}}},
+                            {"name": "UNSET_TOKEN", "valueFrom": {"secretKeyRef": {"name": "keys", "key": "t"}}},
+                            {"name": "OUT", "value": "/out/x.txt"}]},
+                   outputs={"artifacts": [{"name": "x", "path": "/out/x.txt"}]})
+    result = run_workflow(doc, tmp_path, console=quiet())
+    assert result.ok, result.message
+    local = tmp_path / "nodes" / "step" / "artifacts" / "x"
+    assert local.read_text() == f"s3cret|False|{local}|1|{tmp_path / 'nodes' / 'step' / 'progress'}|s3cret"
+    assert "s3cret" not in (tmp_path / "nodes" / "step" / "log.txt").read_text()
+
+
+def test_when_expressions():
+    assert eval_when("3 == 3") and eval_when("heads != tails") and eval_when("'a b' == \"a b\"")
+    assert eval_when("2 < 10 && !(1 > 2) || false") and not eval_when("true && false")
+    assert eval_when("1.0 == 1") and not eval_when("'1' == 1") and eval_when("abc =~ '^a'")
+    with pytest.raises(ValueError):
+        eval_when("3 ==")
+    with pytest.raises(ValueError):
+        eval_when("__import__('os') == 1")
+
+
+def test_workflow_document_is_not_modified(tmp_path):
+    doc = load_workflow(FIXTURES / "nested.yaml")
+    before = copy.deepcopy(doc)
+    run_workflow(doc, tmp_path, console=quiet())
+    assert doc == before
+
+
+def test_interrupt_kills_running_process_groups(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    # the node starts a grandchild, as a shell script or a server launcher would
+    program = ("import os, subprocess, sys, time; "
+               "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+               "open(sys.argv[1], 'w').write(f'{os.getpid()} {child.pid}'); time.sleep(60)")
+    doc = one_task({"command": ["python", "-c", program], "args": [str(tmp_path / "pids")]})
+    (tmp_path / "wf.json").write_text(json.dumps(doc))
+    runner = subprocess.Popen(
+        [sys.executable, "-c", "import json, sys; from workflows.runner import run_workflow; "
+         "run_workflow(json.load(open(sys.argv[1])), sys.argv[2])", str(tmp_path / "wf.json"), str(tmp_path / "out")],
+        cwd=Path(__file__).parents[1], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while not (tmp_path / "pids").exists() or len((tmp_path / "pids").read_text().split()) < 2:
+            assert time.monotonic() < deadline and runner.poll() is None, runner.stderr.read()
+            time.sleep(0.05)
+        pids = [int(p) for p in (tmp_path / "pids").read_text().split()]
+        runner.send_signal(signal.SIGINT)
+        assert runner.wait(timeout=20) != 0
+        assert b"KeyboardInterrupt" in runner.stderr.read()
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    deadline = time.monotonic() + 5  # SIGKILL was sent; give a busy machine a moment to deliver it
+    while [pid for pid in pids if alive(pid)] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in pids if alive(pid)]
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["phase"] == "Failed" and run["message"] == "interrupted"
+
+
+def test_resume_restarts_a_daemon_only_when_a_dependent_must_run(tmp_path):
+    port = free_port()
+    doc = yaml.safe_load((FIXTURES / "daemon.yaml").read_text().replace("18765", str(port)))
+    assert run_workflow(doc, tmp_path, console=quiet()).ok
+    pidfile = tmp_path / "volumes" / "shared" / "server.pid"
+    pidfile.unlink()
+
+    again = run_workflow(doc, tmp_path, console=quiet())
+    assert again.ok and again.nodes["srv"]["reused"] and again.nodes["ask"]["reused"]
+    assert not pidfile.exists()  # the server was not started
+
+    (tmp_path / "nodes" / "ask" / "status.json").unlink()  # as if `ask` had failed
+    third = run_workflow(doc, tmp_path, console=quiet())
+    assert third.ok and not third.nodes["srv"]["reused"] and not third.nodes["ask"]["reused"]
+    assert third.nodes["ask"]["outputs"]["parameters"]["reply"] == "pong"
+    assert not alive(int(pidfile.read_text()))
+
+
+def test_volume_sources_without_a_local_equivalent_need_a_folder(tmp_path):
+    doc = one_task({"command": ["python", "-c", "import sys; print(open(sys.argv[1]).read())"],
+                    "args": ["/etc/app/settings.txt"], "volumeMounts": [{"name": "cfg", "mountPath": "/etc/app"}]})
+    doc["spec"]["volumes"] = [{"name": "cfg", "configMap": {"name": "settings"}}]
+    assert check_supported(doc) == [
+        "spec.volumes[0].configMap: a configMap volume has no local equivalent; pass a folder for it "
+        "(volumes={'cfg': path}, or --volume cfg=PATH)"]
+    cfg = tmp_path / "cfg"
+    cfg.mkdir()
+    (cfg / "settings.txt").write_text("temperature: 0")
+    result = run_workflow(doc, tmp_path / "out", volumes={"cfg": cfg}, console=quiet())
+    assert result.ok and "temperature: 0" in (tmp_path / "out" / "nodes" / "step" / "log.txt").read_text()

@@ -1,0 +1,186 @@
+"""`kubellm`: compile pipelines to Argo Workflows, run them on this machine, lint rendered YAML.
+
+    kubellm compile distill -o distill.yaml [--store s3|pvc] [-p key=value ...]
+    kubellm run distill [-p key=value ...] [--out runs/distill]
+    kubellm lint distill.yaml
+    kubellm params distill
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+PIPELINES = ("distill",)
+
+
+def _pipeline(name: str):
+    if name not in PIPELINES:
+        raise SystemExit(f"unknown pipeline {name!r}; available: {', '.join(PIPELINES)}")
+    from workflows import distill
+
+    return distill
+
+
+def _params(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise SystemExit(f"parameter {item!r} must look like key=value (e.g. -p steps=20)")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def compile_doc(name: str, store: str, params: dict[str, str], serve_port: int | None = None) -> dict:
+    mod = _pipeline(name)
+    try:
+        mod.validate_params(params)
+        wf = mod.build(store=store, params=params, **({"serve_port": serve_port} if serve_port else {}))
+    except ValueError as e:
+        raise SystemExit(f"{name}: {e}") from None
+    return wf.to_dict()
+
+
+def to_yaml(doc: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(doc, sort_keys=False, width=120)
+
+
+def cmd_compile(a: argparse.Namespace) -> int:
+    doc = compile_doc(a.pipeline, a.store, _params(a.param))
+    from workflows.lint import lint_workflow
+
+    problems = lint_workflow(doc, a.output or f"<{a.pipeline}>")
+    if problems:
+        raise SystemExit("rendered workflow fails lint:\n  " + "\n  ".join(problems))
+    text = to_yaml(doc)
+    if a.output:
+        from steps._io import write_text
+
+        write_text(a.output, text)
+        print(f"wrote {a.output} ({a.store} store)", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    t0 = time.monotonic()
+    params = _params(a.param)
+    doc = compile_doc(a.pipeline, a.store, params, a.serve_port)
+    out = Path(a.out or f"runs/{a.pipeline}")
+    out.mkdir(parents=True, exist_ok=True)
+    from steps._io import write_text
+    from workflows.runner import WorkflowError, run_workflow
+
+    write_text(out / "workflow.yaml", to_yaml(doc))
+    cache = Path(os.environ.get("KUBELLM_CACHE", Path.home() / ".cache" / "kubellm"))
+    cache.mkdir(parents=True, exist_ok=True)
+    try:
+        result = run_workflow(doc, out, volumes={"models": cache}, jobs=a.jobs, stream_logs=a.logs)
+    except WorkflowError as e:
+        raise SystemExit(f"cannot run {a.pipeline} locally: {e}") from None
+    wall = time.monotonic() - t0
+    report = _collect_report(out, result)
+    print(f"\n{a.pipeline}: {result.phase} in {wall / 60:.1f} min ({wall:.0f} s) -> {out}")
+    if report:
+        print(f"report: {report}")
+        verdict = json.loads(Path(report).read_text()).get("verdict")
+        if verdict:
+            print(f"verdict: {verdict}")
+    if result.phase != "Succeeded":
+        print(f"re-run the same command (same --out) to retry: finished nodes are not redone", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _collect_report(out: Path, result) -> str | None:
+    """Copy the evaluate node's report to the run folder, adding the runner's per-node timings."""
+    from steps._io import write_json
+
+    status = (result.nodes or {}).get("evaluate") or {}
+    arts = status.get("artifacts") or status.get("outputs", {}).get("artifacts") or {}
+    src = None
+    for v in (arts.values() if isinstance(arts, dict) else []):
+        if v and (Path(v) / "report.json").exists():
+            src = Path(v)
+    if src is None:
+        cand = out / "nodes" / "evaluate" / "artifacts" / "report"
+        src = cand if (cand / "report.json").exists() else None
+    if src is None:
+        return None
+    report = json.loads((src / "report.json").read_text())
+    report["node_timings_s"] = {n: s.get("duration_s") for n, s in (result.nodes or {}).items()}
+    report["local_run"] = {"wall_s": result.wall_s, "runner_overhead_s": result.overhead_s}
+    for f in ("report.md", "report.html", "report.png"):
+        if (src / f).exists():
+            shutil.copyfile(src / f, out / f)
+    write_json(out / "report.json", report)
+    return str(out / "report.json")
+
+
+def cmd_lint(a: argparse.Namespace) -> int:
+    from workflows.lint import lint_file
+
+    bad = 0
+    for f in a.files:
+        problems = lint_file(f)
+        for p in problems:
+            print(p)
+        bad += len(problems)
+    if bad:
+        print(f"{bad} problem(s)", file=sys.stderr)
+        return 1
+    print(f"{len(a.files)} file(s) ok", file=sys.stderr)
+    return 0
+
+
+def cmd_params(a: argparse.Namespace) -> int:
+    mod = _pipeline(a.pipeline)
+    for k, p in mod.PARAMS.items():
+        enum = f" (one of {', '.join(p.enum)})" if p.enum else ""
+        print(f"{k:20} {p.default!r:36} {p.help}{enum}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="kubellm", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("compile", help="render a pipeline to an Argo Workflow YAML")
+    c.add_argument("pipeline", choices=PIPELINES)
+    c.add_argument("-o", "--output", help="file to write (default: stdout)")
+    c.add_argument("--store", default="s3", choices=("s3", "pvc", "local"),
+                   help="where artifacts live on the cluster (local is refused: use `kubellm run`)")
+    c.add_argument("-p", "--param", action="append", default=[], help="key=value default for a workflow parameter")
+    c.set_defaults(fn=cmd_compile)
+    r = sub.add_parser("run", help="run a pipeline on this machine (the compiled workflow, no cluster)")
+    r.add_argument("pipeline", choices=PIPELINES)
+    r.add_argument("-p", "--param", action="append", default=[], help="key=value workflow parameter")
+    r.add_argument("--out", help="run folder (default runs/PIPELINE); re-running it resumes")
+    r.add_argument("--store", default="s3", choices=("s3", "pvc"), help="artifact wiring to compile (both run locally)")
+    r.add_argument("--jobs", type=int, default=None, help="nodes running at once (default 1)")
+    r.add_argument("--serve-port", type=int, default=None, help="local port for the model server (default 8000)")
+    r.add_argument("--logs", action="store_true", help="stream node logs to the terminal")
+    r.set_defaults(fn=cmd_run)
+    li = sub.add_parser("lint", help="strict checks of rendered workflow files")
+    li.add_argument("files", nargs="+")
+    li.set_defaults(fn=cmd_lint)
+    pa = sub.add_parser("params", help="list a pipeline's parameters")
+    pa.add_argument("pipeline", choices=PIPELINES)
+    pa.set_defaults(fn=cmd_params)
+    a = ap.parse_args(argv)
+    if getattr(a, "store", None) == "local":
+        raise SystemExit("--store local is for `kubellm run` only: a cluster workflow needs s3 or pvc")
+    return a.fn(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
