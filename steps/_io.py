@@ -153,23 +153,22 @@ class JsonlLog:
         self.key = key
         self.rows: dict[str, dict] = {}
         if self.path.exists():
-            with self.path.open(encoding="utf-8") as f:
-                for line in f:
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue
-                    self.rows[str(row[key])] = row
-            self._truncate_torn_tail()
+            # Read bytes and trust only newline-terminated lines: a kill can tear the last line
+            # anywhere, even inside a UTF-8 character or just before its newline. That tail is
+            # cut off the file too, so what the log holds in memory is exactly what is on disk.
+            data = self.path.read_bytes()
+            complete = data.rfind(b"\n") + 1
+            for line in data[:complete].splitlines():
+                try:
+                    row = json.loads(line)
+                except ValueError:  # JSONDecodeError or UnicodeDecodeError
+                    continue
+                self.rows[str(row[key])] = row
+            if complete < len(data):
+                with self.path.open("r+b") as f:
+                    f.truncate(complete)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._f = self.path.open("a", encoding="utf-8")
-
-    def _truncate_torn_tail(self) -> None:
-        data = self.path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            cut = data.rfind(b"\n") + 1
-            with self.path.open("r+b") as f:
-                f.truncate(cut)
 
     def __contains__(self, key: object) -> bool:
         return str(key) in self.rows

@@ -3,7 +3,7 @@ answers, and a held-out set that training never sees.
 
 For each selected document (round-robin over the chosen topics, seeded):
   1. the teacher writes one question the document answers; it is validated (non-empty, one line,
-     ends with "?", 15-300 characters, not a duplicate) and retried with new seeds; a document
+     ends with "?", 12-300 characters, not a duplicate) and retried with new seeds; a document
      whose question still fails gets a templated question, marked `question_source: template`;
   2. the teacher answers it with the document in its prompt (context distillation: the student
      will learn to answer without the document).
@@ -99,8 +99,8 @@ def question_problem(q: str, seen: set[str]) -> str | None:
         return "empty"
     if not q.endswith("?"):
         return "not a question (no '?')"
-    if not 15 <= len(q) <= 300:
-        return f"length {len(q)} outside 15-300"
+    if not 12 <= len(q) <= 300:
+        return f"length {len(q)} outside 12-300"
     if _norm(q) in seen:
         return "duplicate"
     return None

@@ -15,6 +15,8 @@ The output folder is complete only when its manifest.json exists.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -70,9 +72,17 @@ async def answer_all(
     """
     from steps.client import EndpointError, message_text
 
+    model = getattr(getattr(client, "endpoint", None), "model", None)
+
+    def fingerprint(messages: list[dict], params: dict) -> str:
+        # a logged answer is reused only for the very same request: a re-run into the same folder
+        # with another model, prompt or sampling setting must ask again, not return stale answers
+        doc = json.dumps([model, messages, params], sort_keys=True, ensure_ascii=False, default=str)
+        return hashlib.sha256(doc.encode()).hexdigest()[:16]
+
     async def one(key: str, messages: list[dict], params: dict) -> None:
         t0 = time.monotonic()
-        row: dict[str, Any] = {"id": key}
+        row: dict[str, Any] = {"id": key, "request": fingerprint(messages, params)}
         try:
             res = await client.chat(messages, **params)
             text, finish = message_text(res.data)
@@ -89,7 +99,8 @@ async def answer_all(
         if on_row:
             on_row(row)
 
-    todo = [(k, m, p) for k, m, p in items if not (k in log and log.rows[k].get("error") is None)]
+    todo = [(k, m, p) for k, m, p in items if not (k in log and log.rows[k].get("error") is None
+                                                   and log.rows[k].get("request") == fingerprint(m, p))]
     if progress:
         progress.set(len(items) - len(todo))
     await asyncio.gather(*(one(k, m, p) for k, m, p in todo))
@@ -104,6 +115,9 @@ def load_rows(path: Path) -> list[dict]:
         raise ValueError(f"input {path} has no rows")
     seen: set[str] = set()
     for i, r in enumerate(rows, 1):
+        if not isinstance(r, dict):
+            raise ValueError(f"{path}: row {i} is not a JSON object (got {type(r).__name__}); "
+                             "each line must be an object with an `id`")
         if "id" not in r:
             raise ValueError(f"{path}: row {i} has no `id` field")
         if str(r["id"]) in seen:
@@ -160,7 +174,8 @@ def run(cfg: QueryConfig) -> dict:
     merged = []
     for row in rows:
         r = results[str(row["id"])]
-        merged.append({**row, "model": endpoint.model, **{k: v for k, v in r.items() if k != "id"}})
+        merged.append({**row, "model": endpoint.model,
+                       **{k: v for k, v in r.items() if k not in ("id", "request")}})
     failed = [r for r in merged if r.get("error")]
     wall = time.monotonic() - t0
     tokens = sum(r.get("completion_tokens") or 0 for r in merged)
