@@ -11,8 +11,8 @@ Held-out, never trained on:
   - `unseen_doc`: questions about documents kept out of training entirely;
   - `paraphrase`: a teacher rephrasing of a training question, whose reference is the training
     answer (tests whether the student learnt the fact rather than the wording).
-The teacher also answers every held-out question again, sampled (temperature 0.7, other seed),
-with the document in its prompt: its score is the ceiling reported next to the students'.
+The teacher also answers every held-out question again, with the document in its prompt but a second,
+plainer instruction: its score is the ceiling reported next to the students'.
 
 Every teacher call is checkpointed row by row in log.jsonl: a restarted step resumes.
 
@@ -38,6 +38,7 @@ QUESTION_USER = ("Documentation of {title}:\n{text}\n\n"
 ANSWER_SYSTEM = ("You are a Kubernetes expert. Answer the question using the documentation given, "
                  "in one to three sentences.")
 ANSWER_USER = "Documentation of {title}:\n{text}\n\nQuestion: {question}"
+CEILING_USER = "Read this Kubernetes documentation of {title}:\n{text}\n\nNow answer briefly: {question}"
 # two worked examples keep a small teacher rewriting rather than answering
 PARAPHRASE_SHOTS = [
     {"role": "system", "content": "You rewrite questions in other words. You never answer them."},
@@ -62,10 +63,10 @@ class GenerateConfig(BaseModel):
     doc_types: list[str] = Field(default_factory=lambda: ["field"],
                                  description="harvest doc types to ask about (field, kind, section)")
     min_doc_chars: int = Field(80, description="skip documents shorter than this")
-    max_doc_chars: int = Field(1200, description="truncate documents in prompts to this length")
+    max_doc_chars: int = Field(800, description="truncate documents in prompts to this length")
     shard: int = Field(0, ge=0, description="this shard's index (fan-out over cycles)")
     num_shards: int = Field(1, ge=1, description="number of shards the documents are split into")
-    question_attempts: int = Field(3, ge=1, description="teacher attempts per question before the template")
+    question_attempts: int = Field(2, ge=1, description="teacher attempts per question before the template")
     max_tokens: int = Field(128, description="answer length cap")
     concurrency: int = Field(16, description="teacher requests in flight")
     timeout_s: float = Field(120.0, description="per-request timeout")
@@ -182,9 +183,11 @@ def run(cfg: GenerateConfig) -> dict:
         pending = list(prompts)
         for attempt in range(cfg.question_attempts):
             ts = time.monotonic()
-            items = [(f"{k}:{attempt}", prompts[k], {"temperature": 0.0 if attempt == 0 else 0.8,
-                                                     "max_tokens": 60, "seed": cfg.seed + attempt})
-                     for k in pending]
+            # greedy first; then sampled with a per-attempt seed (greedy requests carry no seed: it
+            # changes nothing there, and seeded requests take vLLM's slower per-request sampler)
+            params = ({"temperature": 0.0, "max_tokens": 60} if attempt == 0 else
+                      {"temperature": 0.8, "max_tokens": 60, "seed": cfg.seed + attempt})
+            items = [(f"{k}:{attempt}", prompts[k], params) for k in pending]
             res = await answer_all(client, items, log, Progress(len(items), f"{label} #{attempt + 1}"))
             _fail_on_errors(res, endpoint)
             still = []
@@ -233,8 +236,7 @@ def run(cfg: GenerateConfig) -> dict:
                 if d["id"] in questions:
                     msgs = [{"role": "system", "content": ANSWER_SYSTEM},
                             {"role": "user", "content": ANSWER_USER.format(question=questions[d["id"]][0], **ctx(d))}]
-                    items.append((f"a:{d['id']}", msgs, {"temperature": 0.0, "max_tokens": cfg.max_tokens,
-                                                        "seed": cfg.seed}))
+                    items.append((f"a:{d['id']}", msgs, {"temperature": 0.0, "max_tokens": cfg.max_tokens}))
             answers = await answer_all(client, items, log, Progress(len(items), "answers"))
             _fail_on_errors(answers, endpoint)
             phase_t["answers"] = time.monotonic() - ts
@@ -291,14 +293,14 @@ def run(cfg: GenerateConfig) -> dict:
                         "title": d.get("title"), "question": questions[d["id"]][0], "reference": a,
                         "question_source": questions[d["id"]][1], "context": ctx(d)["text"]})
 
-    # the teacher's own score on the held-out questions: a sampled answer with the document in view
+    # the teacher's own score on the held-out questions: its answer with the document in view, asked
+    # with a second, plainer instruction (the first instruction would reproduce the reference exactly)
     async def ceiling() -> dict:
         async with Client(endpoint, concurrency=cfg.concurrency, timeout_s=cfg.timeout_s,
                           max_retries=cfg.retries) as client:
-            items = [(f"c:{h['id']}", [{"role": "system", "content": ANSWER_SYSTEM},
-                                      {"role": "user", "content": ANSWER_USER.format(
+            items = [(f"c:{h['id']}", [{"role": "user", "content": CEILING_USER.format(
                                           title=h["title"] or h["doc_id"], text=h["context"], question=h["question"])}],
-                      {"temperature": 0.7, "max_tokens": cfg.max_tokens, "seed": cfg.seed + 1000})
+                      {"temperature": 0.0, "max_tokens": cfg.max_tokens})
                      for h in heldout]
             res = await answer_all(client, items, log, Progress(len(items), "teacher ceiling"))
             _fail_on_errors(res, endpoint)

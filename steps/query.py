@@ -137,8 +137,10 @@ def run(cfg: QueryConfig) -> dict:
     items = []
     for i, row in enumerate(rows):
         msgs = build_messages(row, cfg.prompt_field, cfg.system_prompt, str(src))
-        items.append((str(row["id"]), msgs, {"temperature": cfg.temperature, "max_tokens": cfg.max_tokens,
-                                             "seed": cfg.seed + i}))
+        params: dict[str, Any] = {"temperature": cfg.temperature, "max_tokens": cfg.max_tokens}
+        if cfg.temperature > 0:  # a seed only matters when sampling; seeded requests are sampled one by one
+            params["seed"] = cfg.seed + i
+        items.append((str(row["id"]), msgs, params))
     endpoint = Endpoint.parse(cfg.model, cfg.url, cfg.api_key_env)
     if cfg.lora_path:
         if not cfg.lora_name:

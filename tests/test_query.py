@@ -39,6 +39,13 @@ def read(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
+def test_sampled_rows_carry_seed_plus_row_index(server, tmp_path):
+    write_rows(tmp_path / "in.jsonl", 4)
+    run(config(server, tmp_path, temperature=0.7, seed=10))
+    sent = {r.prompt: r.body for r in server.completions()}
+    assert [sent[question(i)]["seed"] for i in range(4)] == [10, 11, 12, 13]
+
+
 def log_ids(out: Path) -> list[str]:
     return [r["id"] for r in read(out / "log.jsonl")]
 
@@ -61,7 +68,7 @@ def test_all_rows_answered_with_every_input_field(server, tmp_path):
     sent = {r.prompt: r.body for r in server.completions()}
     assert sent[question(0)]["messages"] == [{"role": "system", "content": "Be brief."},
                                              {"role": "user", "content": question(0)}]
-    assert [sent[question(i)]["seed"] for i in range(6)] == list(range(6))  # seed + row index
+    assert all("seed" not in sent[question(i)] for i in range(6))  # greedy: a seed would change nothing
     assert sent[question(0)]["max_tokens"] == 128 and sent[question(0)]["temperature"] == 0.0
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["step"] == "query" and manifest["counts"] == counts
