@@ -141,6 +141,15 @@ def write_manifest(
     return write_json(folder / MANIFEST, doc)
 
 
+def write_metrics(folder: str | Path | None, values: dict[str, Any]) -> None:
+    """One small file per value (`rows`, `failed`, ...): Argo reads them as output parameters,
+    which feed the templates' Prometheus metrics. No folder configured: nothing to do."""
+    if not folder:
+        return
+    for name, value in values.items():
+        write_text(Path(folder) / name, "" if value is None else f"{value}")
+
+
 class JsonlLog:
     """Append-only, row-keyed progress log. A restarted step skips keys already in the log.
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from steps import models
-from steps._io import Progress, atomic_path, package_versions, read_jsonl, write_json, write_text
+from steps._io import Progress, atomic_path, package_versions, read_jsonl, write_json, write_metrics, write_text
 
 
 class EvaluateConfig(BaseModel):
@@ -39,6 +39,7 @@ class EvaluateConfig(BaseModel):
     seed: int = Field(0, description="bootstrap seed")
     teacher: str | None = Field(None, description="teacher description for the report")
     student: str | None = Field(None, description="student description for the report")
+    metrics_dir: str | None = Field(None, description="write summary numbers here, one file each (Argo output parameters)")
 
 
 def embedding_path(cfg: EvaluateConfig) -> str:
@@ -165,6 +166,9 @@ def run(cfg: EvaluateConfig) -> dict:
         write_json(tmp / "report.json", report)
         write_text(tmp / "report.md", render_md(report))
         write_text(tmp / "report.html", render_html(report, tmp / "report.png"))
+    d = overall["finetuned_minus_baseline"]
+    write_metrics(cfg.metrics_dir, {"baseline": overall["baseline_mean"], "finetuned": overall["finetuned_mean"],
+                                    "diff": d["mean"], "diff_lo": d["ci95"][0], "diff_hi": d["ci95"][1]})
     return {"overall": {k: v for k, v in overall.items()}, "verdict": verdict}
 
 

@@ -22,7 +22,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from steps._io import Progress, atomic_path, read_jsonl, write_json, write_jsonl, write_manifest
+from steps._io import Progress, atomic_path, read_jsonl, write_json, write_jsonl, write_manifest, write_metrics
 
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -46,6 +46,7 @@ class FinetuneConfig(BaseModel):
     save_steps: int = Field(25, description="checkpoint every N steps (resume point)")
     threads: int | None = Field(None, description="torch CPU threads (default: all cores)")
     seed: int = Field(0, description="seed for data order, dropout and init")
+    metrics_dir: str | None = Field(None, description="write summary numbers here, one file each (Argo output parameters)")
     merge: bool = Field(True, description="also save the adapter merged into the base model")
 
 
@@ -175,6 +176,8 @@ def run(cfg: FinetuneConfig) -> dict:
                    packages=["torch", "transformers", "trl", "peft", "datasets"],
                    extra={"base_model": models.describe(cfg.base_model), "resolved_base": base,
                           "threads": torch.get_num_threads()})
+    write_metrics(cfg.metrics_dir, {"steps": counts["steps"], "last_loss": counts["last_loss"],
+                                    "tokens_per_s": counts["tokens_per_s"]})
     return counts
 
 

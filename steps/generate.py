@@ -30,7 +30,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, field_validator
 
-from steps._io import JsonlLog, Progress, atomic_path, read_jsonl, write_jsonl, write_manifest, write_text
+from steps._io import (JsonlLog, Progress, atomic_path, read_jsonl, write_jsonl, write_manifest, write_metrics,
+                       write_text)
 
 QUESTION_SYSTEM = "You write short exam questions about Kubernetes from the documentation you are given."
 QUESTION_USER = ("Documentation of {title}:\n{text}\n\n"
@@ -72,6 +73,7 @@ class GenerateConfig(BaseModel):
     timeout_s: float = Field(120.0, description="per-request timeout")
     retries: int = Field(4, description="retries per request")
     seed: int = Field(0, description="seed for document selection and sampling")
+    metrics_dir: str | None = Field(None, description="write summary numbers here, one file each (Argo output parameters)")
 
     @field_validator("topics", mode="before")
     @classmethod
@@ -331,6 +333,7 @@ def run(cfg: GenerateConfig) -> dict:
     write_manifest(out, "generate", cfg, counts=counts, timings={"wall": time.monotonic() - t0, **phase_t},
                    packages=["httpx"], extra={"teacher": {"model": endpoint.model, "endpoint": endpoint.base_url},
                                                "dropped": dropped})
+    write_metrics(cfg.metrics_dir, {"rows": counts["train"] + counts["heldout"], "failed": counts["dropped"]})
     return counts
 
 

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, Field
 
-from steps._io import JsonlLog, Progress, read_jsonl, write_jsonl, write_manifest
+from steps._io import JsonlLog, Progress, read_jsonl, write_jsonl, write_manifest, write_metrics
 
 
 class QueryConfig(BaseModel):
@@ -45,6 +45,7 @@ class QueryConfig(BaseModel):
     concurrency: int = Field(16, description="requests in flight at once")
     timeout_s: float = Field(120.0, description="per-request timeout")
     retries: int = Field(4, description="retries per request after the first attempt")
+    metrics_dir: str | None = Field(None, description="write summary numbers here, one file each (Argo output parameters)")
     max_failed_fraction: float = Field(0.0, description="fail the step when more rows than this fraction fail")
 
 
@@ -183,6 +184,7 @@ def run(cfg: QueryConfig) -> dict:
     tokens = sum(r.get("completion_tokens") or 0 for r in merged)
     counts = {"rows": len(merged), "answered": len(merged) - len(failed), "failed": len(failed),
               "completion_tokens": tokens}
+    write_metrics(cfg.metrics_dir, {"rows": counts["answered"], "failed": counts["failed"]})
     if len(failed) > cfg.max_failed_fraction * len(merged):
         example = failed[0]["error"]
         raise SystemExit(f"query: {len(failed)} of {len(merged)} rows failed against {endpoint.base_url} "

@@ -37,8 +37,12 @@ def test_workflow_shape():
     doc = yaml.safe_load(RENDERED["s3"].read_text())
     spec = doc["spec"]
     tasks = {t["name"]: t for t in next(t for t in spec["templates"] if t["name"] == "main")["dag"]["tasks"]}
-    assert set(tasks) == {"prepare-student", "harvest", "serve", "generate", "answer-baseline", "finetune",
-                          "answer-finetuned", "evaluate"}
+    assert set(tasks) == {"memo-keys", "prepare-student", "harvest", "serve", "generate", "answer-baseline",
+                          "finetune", "answer-finetuned", "evaluate"}
+    assert templates_named(spec, "generate")["memoize"]["cache"]["configMap"]["name"] == "kubellm-memo"
+    assert templates_named(spec, "evaluate")["outputs"]["artifacts"][0]["archive"] == {"none": {}}
+    gauges = {g["name"] for g in templates_named(spec, "answer-baseline")["metrics"]["prometheus"]}
+    assert gauges == {"kubellm_rows", "kubellm_failed"}
     assert tasks["finetune"]["depends"] == "generate"
     templates = {t["name"]: t for t in spec["templates"]}
     assert templates["serve"]["daemon"] is True
@@ -66,12 +70,20 @@ def _main_tasks(doc):
     return next(t for t in doc["spec"]["templates"] if t["name"] == "main")["dag"]["tasks"]
 
 
+def _task(doc, name):
+    return next(t for t in _main_tasks(doc) if t["name"] == name)
+
+
+def templates_named(spec, name):
+    return next(t for t in spec["templates"] if t["name"] == name)
+
+
 @pytest.mark.parametrize("plant,expect", [
-    (lambda d: _main_tasks(d)[3].update(depends="harvest && serv"), "serv"),
-    (lambda d: _main_tasks(d)[4].update(template="answer-basline"), "answer-basline"),
-    (lambda d: _main_tasks(d)[2]["arguments"]["parameters"][0].update(
+    (lambda d: _task(d, "generate").update(depends="harvest && serv"), "serv"),
+    (lambda d: _task(d, "answer-baseline").update(template="answer-basline"), "answer-basline"),
+    (lambda d: _task(d, "serve")["arguments"]["parameters"][0].update(
         value="{{tasks.prepare-student.outputs.parameters.model-pth}}"), "model-pth"),
-    (lambda d: d["spec"]["templates"][1]["container"].update(comand=["x"]), "comand"),
+    (lambda d: templates_named(d["spec"], "finetune")["container"].update(comand=["x"]), "comand"),
     (lambda d: d["spec"]["volumes"].clear(), "models"),
 ])
 def test_planted_mistakes_fail_lint(plant, expect):

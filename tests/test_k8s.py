@@ -20,10 +20,11 @@ import re
 import shlex
 import subprocess
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import yaml
+
+from workflows.lint import lint_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "check_k8s.sh"
@@ -133,126 +134,16 @@ def test_check_script_names_the_source_file_inside_a_kustomization(k8s_venv, tmp
 # --------------------------------------------------------------------------- names a workflow uses
 
 REQUIRED_SECRETS = {s["name"]: s for s in load(ROOT / "k8s" / "required-secrets.yaml")["secrets"]}
-DEFAULT_REPO = "<default artifact repository>"
-
-
-Ref = tuple[str, str, str, "str | None"]  # (field path of the name, kind, name, key or None)
-
-
-def _container_refs(base: str, c: dict) -> Iterator[Ref]:
-    for i, e in enumerate(c.get("env") or []):
-        vf = e.get("valueFrom") or {}
-        for ref, kind in (("secretKeyRef", "Secret"), ("configMapKeyRef", "ConfigMap")):
-            if ref in vf:
-                yield f"{base}.env[{i}].valueFrom.{ref}.name", kind, vf[ref].get("name", ""), vf[ref].get("key")
-    for i, e in enumerate(c.get("envFrom") or []):
-        for ref, kind in (("secretRef", "Secret"), ("configMapRef", "ConfigMap")):
-            if ref in e:
-                yield f"{base}.envFrom[{i}].{ref}.name", kind, e[ref].get("name", ""), None
-
-
-def _pod_refs(base: str, d: dict) -> Iterator[Ref]:
-    if d.get("serviceAccountName"):
-        yield f"{base}.serviceAccountName", "ServiceAccount", d["serviceAccountName"], None
-    for f in ("priorityClassName", "podPriorityClassName"):
-        if d.get(f):
-            yield f"{base}.{f}", "PriorityClass", d[f], None
-    for i, v in enumerate(d.get("volumes") or []):
-        if "persistentVolumeClaim" in v:
-            yield (f"{base}.volumes[{i}].persistentVolumeClaim.claimName", "PersistentVolumeClaim",
-                   v["persistentVolumeClaim"].get("claimName", ""), None)
-        if "configMap" in v:
-            yield f"{base}.volumes[{i}].configMap.name", "ConfigMap", v["configMap"].get("name", ""), None
-        if "secret" in v:
-            yield f"{base}.volumes[{i}].secret.secretName", "Secret", v["secret"].get("secretName", ""), None
-    for i, s in enumerate(d.get("imagePullSecrets") or []):
-        yield f"{base}.imagePullSecrets[{i}].name", "Secret", s.get("name", ""), None
-    sync = d.get("synchronization") or {}
-    sems = [(f"{base}.synchronization.semaphores[{i}]", s) for i, s in enumerate(sync.get("semaphores") or [])]
-    if sync.get("semaphore"):
-        sems.append((f"{base}.synchronization.semaphore", sync["semaphore"]))
-    for path, s in sems:
-        ref = s.get("configMapKeyRef") or {}
-        yield f"{path}.configMapKeyRef.name", "ConfigMap", ref.get("name", ""), ref.get("key")
-
-
-def workflow_refs(doc: dict) -> Iterator[Ref]:
-    """Every object a Workflow names, with the path of the field that names it."""
-    spec = doc.get("spec") or {}
-    yield from _pod_refs("spec", spec)
-    if spec.get("artifactRepositoryRef"):
-        r = spec["artifactRepositoryRef"]
-        yield ("spec.artifactRepositoryRef.configMap", "ConfigMap", r.get("configMap", "artifact-repositories"),
-               r.get("key", DEFAULT_REPO))
-    repo_reported = bool(spec.get("artifactRepositoryRef"))
-    for ti, t in enumerate(spec.get("templates") or []):
-        base = f"spec.templates[{ti}]"
-        yield from _pod_refs(base, t)
-        cache = ((t.get("memoize") or {}).get("cache") or {}).get("configMap") or {}
-        if cache:
-            yield f"{base}.memoize.cache.configMap.name", "ConfigMap/Cache", cache.get("name", ""), None
-        for cname in ("container", "script"):
-            if t.get(cname):
-                yield from _container_refs(f"{base}.{cname}", t[cname])
-        for group in ("initContainers", "sidecars"):
-            for ci, c in enumerate(t.get(group) or []):
-                yield from _container_refs(f"{base}.{group}[{ci}]", c)
-        # artifacts without a location of their own go through the default artifact repository
-        for side in ("inputs", "outputs"):
-            arts = (t.get(side) or {}).get("artifacts") or []
-            unlocated = [a for a in arts if not any(k in a for k in (
-                "s3", "gcs", "azure", "oss", "hdfs", "http", "git", "raw", "artifactory"))]
-            if unlocated and not repo_reported:
-                repo_reported = True
-                yield f"{base}.{side}.artifacts", "ConfigMap", "artifact-repositories", DEFAULT_REPO
-
-
-def _keyfield(field: str) -> str:
-    return re.sub(r"\.(name|secretName)$", ".key", field)
 
 
 def xref(path: str, doc: dict, objects: list[dict], built_from: str) -> list[str]:
-    """Problems, one line each naming the workflow file and field, for names k8s/ does not define."""
-    index = {(o["kind"], o["metadata"]["name"]): o for o in objects}
-    problems = []
-    ns = (doc.get("metadata") or {}).get("namespace")
-    if ns and ns != "kubellm":
-        problems.append(f"{path}: metadata.namespace: '{ns}', but {built_from} sets up namespace kubellm")
-    for field, kind, name, key in workflow_refs(doc):
-        if "{{" in name:
-            continue  # chosen at submit time
-        base_kind = kind.split("/")[0]
-        obj = index.get((base_kind, name))
-        if base_kind == "Secret":
-            if obj is not None:
-                keys = sorted({**(obj.get("data") or {}), **(obj.get("stringData") or {})})
-            elif name in REQUIRED_SECRETS:
-                keys = REQUIRED_SECRETS[name]["keys"]
-            else:
-                problems.append(f"{path}: {field}: Secret '{name}' is neither built from {built_from} nor "
-                                f"listed in k8s/required-secrets.yaml (listed: {', '.join(sorted(REQUIRED_SECRETS))})")
-                continue
-            if key and key not in keys:
-                problems.append(f"{path}: {_keyfield(field)}: Secret '{name}' has no key '{key}' "
-                                f"(keys: {', '.join(keys)})")
-            continue
-        if obj is None:
-            defined = sorted(n for (k, n) in index if k == base_kind)
-            problems.append(f"{path}: {field}: {base_kind} '{name}' is not defined by {built_from} "
-                            f"(it defines: {', '.join(defined) or 'none'})")
-        elif kind == "ConfigMap/Cache":
-            if (obj["metadata"].get("labels") or {}).get("workflows.argoproj.io/configmap-type") != "Cache":
-                problems.append(f"{path}: {field}: ConfigMap '{name}' lacks the label "
-                                "workflows.argoproj.io/configmap-type=Cache, so Argo will not use it as a cache")
-        elif key == DEFAULT_REPO:
-            default = (obj["metadata"].get("annotations") or {}).get("workflows.argoproj.io/default-artifact-repository")
-            if not default or default not in (obj.get("data") or {}):
-                problems.append(f"{path}: {field}: ConfigMap '{name}' names no default repository (annotation "
-                                "workflows.argoproj.io/default-artifact-repository and its data key)")
-        elif key and key not in (obj.get("data") or {}):
-            problems.append(f"{path}: {_keyfield(field)}: ConfigMap '{name}' has no key '{key}' "
-                            f"(keys: {', '.join(sorted(obj.get('data') or {})) or 'none'})")
-    return problems
+    """Problems, one line each naming the workflow file and field, for names k8s/ does not define.
+
+    The check itself is `kubellm lint`'s (workflows.lint.lint_cluster, its "objects" part), so
+    the CLI and these tests cannot drift apart.
+    """
+    return lint_cluster(doc, path, objects, built_from=built_from, checks=("objects",),
+                        required_secrets={n: s["keys"] for n, s in REQUIRED_SECRETS.items()})
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

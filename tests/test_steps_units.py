@@ -112,3 +112,25 @@ def test_semantic_similarity_real_model():
         ("same text", "same text"),
     ], embedding_path(cfg))
     assert s[0] > s[1] + 0.2 and s[2] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_memokey_chains_and_is_configmap_safe(tmp_path):
+    import re
+
+    from steps import memokey
+
+    a = memokey.main(["--out-dir", str(tmp_path), "generate=teacher=openai:gpt-4o-mini;topics=a,b", "finetune=steps=60"])
+    assert all(re.fullmatch(r"[-._a-zA-Z0-9]{1,253}", v) for v in a.values())
+    assert (tmp_path / "generate").read_text() == a["generate"]
+    b = memokey.main(["--out-dir", str(tmp_path), "generate=teacher=openai:gpt-4o-mini;topics=a", "finetune=steps=60"])
+    assert b["generate"] != a["generate"] and b["finetune"] != a["finetune"], "finetune key must follow its data"
+    c = memokey.main(["--out-dir", str(tmp_path), "generate=teacher=openai:gpt-4o-mini;topics=a,b", "finetune=steps=60"])
+    assert c == a
+
+
+def test_metrics_files(tmp_path):
+    from steps._io import write_metrics
+
+    write_metrics(tmp_path / "m", {"rows": 3, "loss": 0.5, "none": None})
+    assert (tmp_path / "m" / "rows").read_text() == "3" and (tmp_path / "m" / "none").read_text() == ""
+    write_metrics(None, {"rows": 1})  # not configured: nothing written, no error

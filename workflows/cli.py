@@ -127,18 +127,31 @@ def _collect_report(out: Path, result) -> str | None:
 
 
 def cmd_lint(a: argparse.Namespace) -> int:
-    from workflows.lint import lint_file
+    from workflows.lint import lint_cluster_file, lint_file, load_k8s_objects, load_required_secrets
 
+    objects = secrets = None
+    built_from = f"{a.k8s.rstrip('/')}/{a.overlay.strip('/')}"
+    if not a.no_cluster:
+        try:
+            objects = load_k8s_objects(a.k8s, a.overlay)
+            secrets = load_required_secrets(a.k8s)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"kubellm lint: cannot build the cluster objects of {built_from}: {e}\n"
+                             "  (--k8s DIR and --overlay PATH name them; --no-cluster skips the cluster checks)") from None
     bad = 0
     for f in a.files:
         problems = lint_file(f)
+        if objects is not None:
+            problems += lint_cluster_file(f, objects, required_secrets=secrets, built_from=built_from)
+        problems = list(dict.fromkeys(problems))
         for p in problems:
             print(p)
         bad += len(problems)
     if bad:
         print(f"{bad} problem(s)", file=sys.stderr)
         return 1
-    print(f"{len(a.files)} file(s) ok", file=sys.stderr)
+    checked = "workflow checks only" if objects is None else f"workflow and cluster checks against {built_from}"
+    print(f"{len(a.files)} file(s) ok ({checked})", file=sys.stderr)
     return 0
 
 
@@ -170,8 +183,17 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--serve-port", type=int, default=None, help="local port for the model server (default 8000)")
     r.add_argument("--logs", action="store_true", help="stream node logs to the terminal")
     r.set_defaults(fn=cmd_run)
-    li = sub.add_parser("lint", help="strict checks of rendered workflow files")
+    li = sub.add_parser("lint", help="strict checks of rendered workflow files, and what they need from the cluster",
+                        description="Strict schema and reference checks of rendered workflows, then the cluster "
+                                    "checks: objects named exist in the k8s/ overlay, images pinned, non-root "
+                                    "containers with requests and limits, retries on network calls, progress of "
+                                    "long steps. Each problem: <file>: <field path>: <what is wrong>.")
     li.add_argument("files", nargs="+")
+    li.add_argument("--k8s", default="k8s", metavar="DIR",
+                    help="kustomize folder of the cluster objects (default: k8s, else the kubellm checkout's)")
+    li.add_argument("--overlay", default="overlays/cpu", metavar="PATH",
+                    help="overlay under --k8s the workflows run against (default: overlays/cpu)")
+    li.add_argument("--no-cluster", action="store_true", help="only the strict workflow checks")
     li.set_defaults(fn=cmd_lint)
     pa = sub.add_parser("params", help="list a pipeline's parameters")
     pa.add_argument("pipeline", choices=PIPELINES)

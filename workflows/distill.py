@@ -18,13 +18,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hera.workflows import DAG, Artifact, Container, Env, Parameter, SecretEnv, Task, Workflow
+from hera.workflows import DAG, Artifact, Container, Env, NoneArchiveStrategy, Parameter, SecretEnv, Task, Workflow
 from hera.workflows import models as m
 
 STORES = ("s3", "pvc")
 SERVE_PORT = 8000
 DATA_MOUNT = "/data"      # pvc store: every artifact is a folder under the kubellm-data claim
 MODELS_MOUNT = "/models"  # model cache + staged adapters, shared with the server
+METRICS_DIR = "/tmp/metrics"  # steps write summary numbers here; they become output parameters + metrics
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,22 @@ def _wp(name: str) -> str:
     return "{{workflow.parameters.%s}}" % name
 
 
+def _metrics(step: str, values: dict[str, str]) -> tuple[list, m.Metrics]:
+    """Output parameters read from the step's metrics files, and Prometheus gauges over them
+    (shown in the Argo UI and scraped from the controller)."""
+    params = [Parameter(name=k, value_from=m.ValueFrom(path=f"{METRICS_DIR}/{k}", default="0")) for k in values]
+    gauges = [m.Prometheus(name=f"kubellm_{k}", help=h, labels=[m.MetricLabel(key="step", value=step)],
+                           gauge=m.Gauge(value="{{outputs.parameters.%s}}" % k, realtime=False))
+              for k, h in values.items()]
+    return params, m.Metrics(prometheus=gauges)
+
+
+def _memo(key_param: str = "memo-key") -> m.Memoize:
+    # key = a hash of the node's inputs (steps.memokey); the ConfigMap stores output references only
+    return m.Memoize(key="{{inputs.parameters.%s}}" % key_param, max_age="720h",
+                     cache=m.Cache(config_map=m.LocalObjectReference(name="kubellm-memo")))
+
+
 class _Store:
     """Where step folders live: Argo artifacts (s3) or paths on the shared kubellm-data claim (pvc)."""
 
@@ -113,9 +130,20 @@ class _Store:
 
 def _step(name: str, module: str, args: list[str], store: _Store, inputs: list, outputs: list,
           cpu: str = "2", mem: str = "8Gi", gpu: bool = False, models: bool = False, retry: bool = False,
-          env: list | None = None, deadline: int = 3 * 3600) -> Container:
+          env: list | None = None, deadline: int = 3 * 3600, metrics: dict[str, str] | None = None,
+          memoize: bool = False) -> Container:
     mounts = store.mounts() + ([m.VolumeMount(name="models", mount_path=MODELS_MOUNT)] if models else [])
+    prom = None
+    if metrics:
+        mparams, prom = _metrics(name, metrics)
+        outputs = list(outputs) + mparams
+        args = args + ["--metrics-dir", METRICS_DIR]
+    if memoize:
+        # memoized outputs must be artifact references that outlive the workflow (s3); on the pvc
+        # store paths contain the workflow name, so memoization would hand back missing folders
+        inputs = list(inputs) + [Parameter(name="memo-key")]
     return Container(
+        metrics=prom, memoize=_memo() if memoize and store.kind == "s3" else None,
         name=name, image=_wp("steps-image"), image_pull_policy="IfNotPresent",
         command=["python", "-m", module], args=args, inputs=inputs or None, outputs=outputs or None,
         env=[Env(name="KUBELLM_CACHE", value=MODELS_MOUNT), Env(name="HF_HOME", value=f"{MODELS_MOUNT}/hf")]
@@ -142,6 +170,18 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
                     st, [Parameter(name="model")],
                     [Parameter(name="model-path", value_from=m.ValueFrom(path="/tmp/model-path"))],
                     cpu="2", mem="6Gi", models=True)
+
+    gen_inputs = ";".join(f"{k}={_wp(k)}" for k in (
+        "steps-image", "teacher", "teacher-url", "student", "topics", "num-questions", "heldout-unseen",
+        "heldout-paraphrase", "answer-tokens", "seed"))
+    ft_inputs = ";".join(f"{k}={_wp(k)}" for k in (
+        "method", "steps", "lora-r", "learning-rate", "batch-size", "grad-accum"))
+    memokeys = Container(
+        name="memo-keys", image=_wp("steps-image"), image_pull_policy="IfNotPresent",
+        command=["python", "-m", "steps.memokey"],
+        args=["--out-dir", "/tmp/keys", f"generate={gen_inputs}", f"finetune={ft_inputs}"],
+        outputs=[Parameter(name=k, value_from=m.ValueFrom(path=f"/tmp/keys/{k}")) for k in ("generate", "finetune")],
+        resources=_res("100m", "256Mi"), security_context=SECURITY, active_deadline_seconds=600)
 
     kb_out, kb_path = st.out("harvest", "kb")
     harvest = _step("harvest", "steps.harvest", ["--out", kb_path, "--topics", _wp("topics")], st, [], kb_out,
@@ -174,7 +214,9 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
          "--num-questions", _wp("num-questions"), "--heldout-unseen", _wp("heldout-unseen"),
          "--heldout-paraphrase", _wp("heldout-paraphrase"), "--max-tokens", _wp("answer-tokens"),
          "--concurrency", _wp("concurrency"), "--seed", _wp("seed")],
-        st, kb_in + [Parameter(name="served-url")], data_out, cpu="1", mem="2Gi", retry=True, env=[api_key])
+        st, kb_in + [Parameter(name="served-url")], data_out, cpu="1", mem="2Gi", retry=True, env=[api_key],
+        metrics={"rows": "rows the teacher produced (training + held-out)", "failed": "documents dropped"},
+        memoize=True)
 
     def answer(tname: str, lora: bool) -> Container:
         d_in, d_read = st.inp("data")
@@ -188,7 +230,8 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
             ins += ad_in
             args += ["--lora-name", "{{inputs.parameters.model}}-ft", "--lora-path", f"{ad_read}/adapter",
                      "--lora-stage-dir", f"{MODELS_MOUNT}/adapters/{{{{workflow.name}}}}"]
-        return _step(tname, "steps.query", args, st, ins, a_out, cpu="1", mem="1Gi", retry=True, models=lora)
+        return _step(tname, "steps.query", args, st, ins, a_out, cpu="1", mem="1Gi", retry=True, models=lora,
+                     metrics={"rows": "rows answered", "failed": "rows failed after retries"})
 
     baseline, finetuned = answer("answer-baseline", False), answer("answer-finetuned", True)
 
@@ -201,7 +244,8 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
          "--learning-rate", _wp("learning-rate"), "--batch-size", _wp("batch-size"),
          "--grad-accum", _wp("grad-accum"), "--seed", _wp("seed")],
         st, d_in + [Parameter(name="model")], ft_out, cpu="2", mem="12Gi", gpu=True, models=True,
-        deadline=12 * 3600)
+        deadline=12 * 3600, metrics={"last_loss": "final training loss", "tokens_per_s": "training tokens/s"},
+        memoize=True)
 
     ins = []
     reads = {}
@@ -210,12 +254,16 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
         ins += i
         reads[nm] = r
     rep_out, rep_path = st.out("evaluate", "report")
+    for a in rep_out:
+        a.archive = NoneArchiveStrategy()  # stored as files: the Argo UI opens report.html directly
     evaluate = _step(
         "evaluate", "steps.evaluate",
         ["--data", reads["data"], "--baseline", reads["baseline"], "--finetuned", reads["finetuned"],
          "--finetune", reads["finetune"], "--kb", reads["kb"], "--out", rep_path,
          "--teacher", "{{inputs.parameters.teacher}}", "--student", _wp("student"), "--seed", _wp("seed")],
-        st, ins + [Parameter(name="teacher")], rep_out, cpu="2", mem="4Gi")
+        st, ins + [Parameter(name="teacher")], rep_out, cpu="2", mem="4Gi",
+        metrics={"diff": "held-out score: fine-tuned minus baseline (mean)", "finetuned": "fine-tuned mean score",
+                 "baseline": "baseline mean score"})
 
     served_url = "http://{{tasks.serve.ip}}:%d" % serve_port
     volumes = [m.Volume(name="models", persistent_volume_claim=m.PersistentVolumeClaimVolumeSource(
@@ -237,22 +285,25 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
             labels=[m.MetricLabel(key="pipeline", value=name), m.MetricLabel(key="status", value="{{workflow.status}}")],
             gauge=m.Gauge(value="{{workflow.duration}}", realtime=False))]),
     ) as wf:
-        templates = [prepare, harvest, serve, generate, baseline, finetuned, finetune, evaluate]
+        templates = [memokeys, prepare, harvest, serve, generate, baseline, finetuned, finetune, evaluate]
         with DAG(name="main"):
             t_prep = Task(name="prepare-student", template=prepare,
                           arguments=[Parameter(name="model", value=_wp("student"))])
             t_harvest = Task(name="harvest", template=harvest)
+            t_keys = Task(name="memo-keys", template=memokeys)
             student_path = "{{tasks.prepare-student.outputs.parameters.model-path}}"
             t_serve = Task(name="serve", template=serve, depends="prepare-student",
                            arguments=[Parameter(name="model", value=student_path),
                                       Parameter(name="served-name", value=_wp("student"))])
-            t_gen = Task(name="generate", template=generate, depends="harvest && serve",
-                         arguments=[st.arg("harvest", "kb"), Parameter(name="served-url", value=served_url)])
+            t_gen = Task(name="generate", template=generate, depends="harvest && serve && memo-keys",
+                         arguments=[st.arg("harvest", "kb"), Parameter(name="served-url", value=served_url),
+                                    Parameter(name="memo-key", value="{{tasks.memo-keys.outputs.parameters.generate}}")])
             t_base = Task(name="answer-baseline", template=baseline, depends="generate",
                           arguments=[st.arg("generate", "data"), Parameter(name="model", value=_wp("student")),
                                      Parameter(name="url", value=served_url)])
             t_ft = Task(name="finetune", template=finetune, depends="generate",
-                        arguments=[st.arg("generate", "data"), Parameter(name="model", value=student_path)])
+                        arguments=[st.arg("generate", "data"), Parameter(name="model", value=student_path),
+                                   Parameter(name="memo-key", value="{{tasks.memo-keys.outputs.parameters.finetune}}")])
             t_fta = Task(name="answer-finetuned", template=finetuned, depends="finetune && answer-baseline",
                          arguments=[st.arg("generate", "data"), st.arg("finetune", "finetune"),
                                     Parameter(name="model", value=_wp("student")),
@@ -262,7 +313,7 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
                                      st.arg("answer-finetuned", "answers", "finetuned"),
                                      st.arg("finetune", "finetune"), st.arg("harvest", "kb"),
                                      Parameter(name="teacher", value=_wp("teacher"))])
-            del t_prep, t_harvest, t_serve, t_gen, t_base, t_ft, t_fta, t_eval
+            del t_keys, t_prep, t_harvest, t_serve, t_gen, t_base, t_ft, t_fta, t_eval
         for t in templates:
             wf.templates.append(t) if t not in wf.templates else None
     return wf
