@@ -102,6 +102,12 @@ def test_distill_tiny_interrupt_resume_and_report(tmp_path, cache_dir):
     ans = [json.loads(line) for line in
            (out / "nodes/answer-finetuned/artifacts/answers/answers.jsonl").read_text().splitlines()]
     assert {a["model"] for a in ans} == {"smollm2-135m-ft"}
+    # the numbers the templates' Prometheus metrics read came out of the steps, not the defaults
+    assert _status(out, "answer-baseline")["outputs"]["parameters"] == {"rows": str(n_held), "failed": "0"}
+    assert _status(out, "generate")["outputs"]["parameters"]["rows"] == str(n_train + n_held)
+    assert float(_status(out, "evaluate")["outputs"]["parameters"]["diff"]) == pytest.approx(d["mean"])
+    keys = _status(out, "memo-keys")["outputs"]["parameters"]
+    assert keys["generate"].startswith("generate-") and keys["finetune"].startswith("finetune-")
 
     # 3. nothing left to do: no node runs, no server starts
     done = {n: _status(out, n)["finished"] for n in ("generate", "finetune", "evaluate", "serve")}

@@ -26,6 +26,9 @@ SERVE_PORT = 8000
 DATA_MOUNT = "/data"      # pvc store: every artifact is a folder under the kubellm-data claim
 MODELS_MOUNT = "/models"  # model cache + staged adapters, shared with the server
 METRICS_DIR = "/tmp/metrics"  # steps write summary numbers here; they become output parameters + metrics
+# small files that become output parameters live on a per-pod emptyDir ("scratch"): the local runner
+# maps a mounted folder (not a bare /tmp path) to the node's own folder, as a pod has its own
+SCRATCH = m.Volume(name="scratch", empty_dir=m.EmptyDirVolumeSource(size_limit="64Mi"))
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,7 @@ def _step(name: str, module: str, args: list[str], store: _Store, inputs: list, 
         mparams, prom = _metrics(name, metrics)
         outputs = list(outputs) + mparams
         args = args + ["--metrics-dir", METRICS_DIR]
+        mounts = mounts + [m.VolumeMount(name="scratch", mount_path=METRICS_DIR)]
     if memoize:
         # memoized outputs must be artifact references that outlive the workflow (s3); on the pvc
         # store paths contain the workflow name, so memoization would hand back missing folders
@@ -180,6 +184,7 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
         name="memo-keys", image=_wp("steps-image"), image_pull_policy="IfNotPresent",
         command=["python", "-m", "steps.memokey"],
         args=["--out-dir", "/tmp/keys", f"generate={gen_inputs}", f"finetune={ft_inputs}"],
+        volume_mounts=[m.VolumeMount(name="scratch", mount_path="/tmp/keys")],
         outputs=[Parameter(name=k, value_from=m.ValueFrom(path=f"/tmp/keys/{k}")) for k in ("generate", "finetune")],
         resources=_res("100m", "256Mi"), security_context=SECURITY, active_deadline_seconds=600)
 
@@ -266,7 +271,7 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
                  "baseline": "baseline mean score"})
 
     served_url = "http://{{tasks.serve.ip}}:%d" % serve_port
-    volumes = [m.Volume(name="models", persistent_volume_claim=m.PersistentVolumeClaimVolumeSource(
+    volumes = [SCRATCH, m.Volume(name="models", persistent_volume_claim=m.PersistentVolumeClaimVolumeSource(
         claim_name="kubellm-models"))]
     if st.kind == "pvc":
         volumes.append(m.Volume(name="data", persistent_volume_claim=m.PersistentVolumeClaimVolumeSource(
