@@ -160,9 +160,10 @@ def run(cfg: GenerateConfig) -> dict:
         raise ValueError("heldout_paraphrase cannot exceed num_questions (it rephrases training questions)")
     picked_all = select_docs(docs, cfg.topics, total * cfg.num_shards, cfg)
     picked = picked_all[cfg.shard::cfg.num_shards]
-    # every 1 + num_questions/heldout_unseen-th document is held out, so both sets span all topics
-    stride = max(1, round(total / cfg.heldout_unseen)) if cfg.heldout_unseen else 0
-    unseen = [d for i, d in enumerate(picked) if stride and i % stride == stride - 1][: cfg.heldout_unseen]
+    # held-out documents are a seeded random sample of the picked ones (a fixed stride would line up
+    # with the round-robin over topics and hold out whole topics: 15 topics, stride 5 -> 3 topics)
+    held_idx = set(random.Random(cfg.seed + 1).sample(range(len(picked)), min(cfg.heldout_unseen, len(picked))))
+    unseen = [d for i, d in enumerate(picked) if i in held_idx]
     unseen_ids = {d["id"] for d in unseen}
     train_docs = [d for d in picked if d["id"] not in unseen_ids][: cfg.num_questions]
 

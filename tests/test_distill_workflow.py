@@ -125,6 +125,13 @@ def test_compile_sets_parameter_defaults():
                                             "method": "qlora", "gpus": "1"})
     params = {p["name"]: p["value"] for p in doc["spec"]["arguments"]["parameters"]}
     assert params["student"] == "microsoft/phi-2" and params["method"] == "qlora" and params["gpus"] == "1"
+    # compiled for GPUs: whole runs queue on the GPU semaphore that k8s/ defines
+    sem = doc["spec"]["synchronization"]["semaphores"][0]["configMapKeyRef"]
+    assert sem == {"name": "kubellm-semaphores", "key": "gpu"}
+    assert "synchronization" not in cli.compile_doc("distill", "s3", {})["spec"]
+    from workflows.lint import lint_cluster, load_k8s_objects
+
+    assert lint_cluster(doc, "gpu.yaml", load_k8s_objects("k8s", "overlays/gpu")) == []
 
 
 def test_step_help_is_fast_and_light():

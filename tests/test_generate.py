@@ -62,3 +62,26 @@ def test_unusable_questions_fall_back_to_templates_and_complete(tmp_path, server
 def test_not_enough_documents_for_topics(tmp_path, server):
     with pytest.raises(ValueError, match="no documents for topic"):
         generate.run(_cfg(tmp_path, server.url, topics=["ingress"]))
+
+
+def test_unseen_documents_span_topics_not_whole_topics(tmp_path, server):
+    kb = tmp_path / "kb"
+    kb.mkdir()
+    topics = [f"t{i}" for i in range(15)]
+    rows = [{"id": f"{t}/{i}", "doc_type": "field", "topic": t, "title": f"{t}.f{i}", "field": f"f{i}",
+             "text": f"Field {i} of topic {t}. " * 6} for t in topics for i in range(8)]
+    (kb / "docs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    from steps import harvest
+
+    orig = harvest.validate_topics
+    harvest.validate_topics = lambda v: ["all"]  # synthetic topic names
+    try:
+        cfg = generate.GenerateConfig(kb=str(kb), out=str(tmp_path / "d"), teacher="t", url=server.url,
+                                      num_questions=60, heldout_unseen=15, heldout_paraphrase=0, retries=0)
+    finally:
+        harvest.validate_topics = orig
+    generate.run(cfg)
+    train = {json.loads(l)["topic"] for l in (tmp_path / "d" / "train.jsonl").read_text().splitlines()}
+    held = {json.loads(l)["topic"] for l in (tmp_path / "d" / "heldout.jsonl").read_text().splitlines()}
+    assert train == set(topics), "every topic must be trained on"
+    assert len(held) >= 5, "held-out documents should spread over topics"

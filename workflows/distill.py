@@ -285,6 +285,10 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
         labels={"app.kubernetes.io/part-of": "kubellm", "kubellm/pipeline": name},
         pod_metadata=m.Metadata(labels={"app.kubernetes.io/part-of": "kubellm", "kubellm/pipeline": name}),
         security_context=POD_SECURITY, pod_priority_class_name="kubellm-batch",
+        # compiled for GPUs (-p gpus=N at compile time): queue whole runs on the kubellm-semaphores
+        # `gpu` key. Workflow level on purpose: serve keeps its GPU while finetune needs another.
+        synchronization=m.Synchronization(semaphores=[m.SemaphoreRef(config_map_key_ref=m.ConfigMapKeySelector(
+            name="kubellm-semaphores", key="gpu"))]) if int(values["gpus"]) > 0 else None,
         metrics=m.Metrics(prometheus=[m.Prometheus(
             name="kubellm_workflow_duration_seconds", help="Duration of the last kubellm workflow run",
             labels=[m.MetricLabel(key="pipeline", value=name), m.MetricLabel(key="status", value="{{workflow.status}}")],
