@@ -150,6 +150,15 @@ def write_metrics(folder: str | Path | None, values: dict[str, Any]) -> None:
         write_text(Path(folder) / name, "" if value is None else f"{value}")
 
 
+def begin_output(folder: str | Path) -> Path:
+    """Open a step's output folder for (re)work: it is incomplete until manifest.json is written
+    again, so a stale manifest from an earlier run is removed first. Row logs inside are kept."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)
+    return out
+
+
 class JsonlLog:
     """Append-only, row-keyed progress log. A restarted step skips keys already in the log.
 

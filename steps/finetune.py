@@ -22,7 +22,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from steps._io import Progress, atomic_path, read_jsonl, write_json, write_jsonl, write_manifest, write_metrics
+from steps._io import Progress, atomic_path, begin_output, read_jsonl, write_json, write_jsonl, write_manifest, write_metrics
 
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -107,9 +107,7 @@ def run(cfg: FinetuneConfig) -> dict:
         model = get_peft_model(model, LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                                                  target_modules=cfg.target_modules, task_type="CAUSAL_LM"))
 
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "manifest.json").unlink(missing_ok=True)
+    out = begin_output(cfg.out)
     ckpt_dir = out / "checkpoints"
     progress = Progress(cfg.max_steps, "finetune")
     losses: list[dict] = []

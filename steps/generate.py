@@ -30,7 +30,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, field_validator
 
-from steps._io import (JsonlLog, Progress, atomic_path, read_jsonl, write_jsonl, write_manifest, write_metrics,
+from steps._io import (JsonlLog, Progress, atomic_path, begin_output, read_jsonl, write_jsonl, write_manifest, write_metrics,
                        write_text)
 
 QUESTION_SYSTEM = "You write short exam questions about Kubernetes from the documentation you are given."
@@ -168,9 +168,7 @@ def run(cfg: GenerateConfig) -> dict:
     train_docs = [d for d in picked if d["id"] not in unseen_ids][: cfg.num_questions]
 
     endpoint = Endpoint.parse(cfg.teacher, cfg.url or cfg.served_url, cfg.api_key_env)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "manifest.json").unlink(missing_ok=True)
+    out = begin_output(cfg.out)
     log = JsonlLog(out / "log.jsonl")
     from steps.query import answer_all
 

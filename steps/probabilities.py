@@ -58,7 +58,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from steps._io import JsonlLog, Progress, write_jsonl, write_manifest, write_metrics
+from steps._io import JsonlLog, Progress, begin_output, write_jsonl, write_manifest, write_metrics
 
 _RANGE = re.compile(r"(-?\d+)\.\.(-?\d+)(?:\.\.(\d+))?")
 _NUMBER = re.compile(r"^\s*([-+]?(?:\d+(?:\.\d*)?|\.\d+))\s*%?\s*$")
@@ -434,9 +434,7 @@ def run(cfg: ProbabilitiesConfig) -> dict:
     rows = load_rows(src)
     items = build_items(rows, cfg, src)
     endpoint = Endpoint.parse(cfg.model, cfg.url, cfg.api_key_env)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "manifest.json").unlink(missing_ok=True)  # re-running: the folder is incomplete until done
+    out = begin_output(cfg.out)
     log = JsonlLog(out / "log.jsonl")
     progress = Progress(len(items), f"probabilities {endpoint.model}")
 

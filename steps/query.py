@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, Field
 
-from steps._io import JsonlLog, Progress, read_jsonl, write_jsonl, write_manifest, write_metrics
+from steps._io import JsonlLog, Progress, begin_output, read_jsonl, write_jsonl, write_manifest, write_metrics
 
 
 class QueryConfig(BaseModel):
@@ -161,9 +161,7 @@ def run(cfg: QueryConfig) -> dict:
         load_lora_adapter(endpoint.base_url, cfg.lora_name, str(adapter.resolve()))
     if cfg.lora_name:
         endpoint.model = cfg.lora_name
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "manifest.json").unlink(missing_ok=True)  # re-running: the folder is incomplete until done
+    out = begin_output(cfg.out)
     log = JsonlLog(out / "log.jsonl")
     progress = Progress(len(items), f"query {endpoint.model}")
 

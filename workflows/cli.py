@@ -105,17 +105,11 @@ def _collect_report(out: Path, result) -> str | None:
     """Copy the evaluate node's report to the run folder, adding the runner's per-node timings."""
     from steps._io import write_json
 
-    status = (result.nodes or {}).get("evaluate") or {}
-    arts = status.get("artifacts") or status.get("outputs", {}).get("artifacts") or {}
-    src = None
-    for v in (arts.values() if isinstance(arts, dict) else []):
-        if v and (Path(v) / "report.json").exists():
-            src = Path(v)
-    if src is None:
-        cand = out / "nodes" / "evaluate" / "artifacts" / "report"
-        src = cand if (cand / "report.json").exists() else None
-    if src is None:
+    # the runner records each node's outputs; the report folder is evaluate's `report` artifact
+    path = (((result.nodes or {}).get("evaluate") or {}).get("outputs") or {}).get("artifacts", {}).get("report")
+    if not path or not (Path(path) / "report.json").exists():
         return None
+    src = Path(path)
     report = json.loads((src / "report.json").read_text())
     report["node_timings_s"] = {n: s.get("duration_s") for n, s in (result.nodes or {}).items()}
     report["local_run"] = {"wall_s": result.wall_s, "runner_overhead_s": result.overhead_s}

@@ -320,9 +320,14 @@ def lint_file(path: str | Path) -> list[str]:
     docs, error = _read_docs(path)
     if error:
         return [error]
+    return _each_doc(path, docs, lint_workflow)
+
+
+def _each_doc(path: Path, docs: list[dict], check) -> list[str]:
+    """Run `check(doc, name)` on every document, named `file` or `file#k` in a multi-document file."""
     problems = []
     for k, doc in enumerate(docs):
-        problems += lint_workflow(doc, path.name if len(docs) == 1 else f"{path.name}#{k}")
+        problems += check(doc, path.name if len(docs) == 1 else f"{path.name}#{k}")
     return problems
 
 
@@ -1001,10 +1006,7 @@ def lint_cluster_file(path: str | Path, k8s_objects: list[dict], **kwargs) -> li
     docs, error = _read_docs(path)
     if error:
         return [error]
-    problems = []
-    for k, doc in enumerate(docs):
-        problems += lint_cluster(doc, path.name if len(docs) == 1 else f"{path.name}#{k}", k8s_objects, **kwargs)
-    return problems
+    return _each_doc(path, docs, lambda doc, name: lint_cluster(doc, name, k8s_objects, **kwargs))
 
 
 def main(argv: list[str] | None = None) -> int:
