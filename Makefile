@@ -40,6 +40,8 @@ bench: install
 compile: install
 	$(VENV)/bin/kubellm compile distill -o workflows/rendered/distill.yaml
 	$(VENV)/bin/kubellm compile distill --store pvc -o workflows/rendered/distill-pvc.yaml
+	$(VENV)/bin/kubellm compile experiment -o workflows/rendered/experiment.yaml
+	$(VENV)/bin/kubellm compile experiment --store pvc -o workflows/rendered/experiment-pvc.yaml
 
 check-k8s:
 	scripts/check_k8s.sh

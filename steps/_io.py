@@ -7,6 +7,8 @@ Kept dependency-free (stdlib only) so `--help` and the workflow compiler stay fa
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import hashlib
 import json
 import os
@@ -243,3 +245,21 @@ class Progress:
             self._last = now
             rate = self.done / max(now - self._t0, 1e-9)
             print(f"[{self.label}] {self.done}/{self.total} ({rate:.2f}/s)", file=sys.stderr, flush=True)
+
+
+def to_csv(columns: list[str], rows: list[dict[str, Any]]) -> str:
+    """CSV text (RFC 4180 quoting) of rows; values that are lists or mappings are written as JSON."""
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\r\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({c: (json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict)) else
+                        "" if v is None else v) for c, v in r.items() if c in columns})
+    return buf.getvalue()
+
+
+def write_csv(path: str | Path, rows: list[dict[str, Any]], columns: list[str] | None = None) -> Path:
+    """Write rows as CSV atomically; columns default to every key in first-seen order."""
+    if columns is None:
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+    return write_text(path, to_csv(columns, rows))

@@ -58,7 +58,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from steps._io import JsonlLog, Progress, begin_output, write_jsonl, write_manifest, write_metrics
+from steps._io import JsonlLog, Progress, begin_output, write_csv, write_jsonl, write_manifest, write_metrics
 
 _RANGE = re.compile(r"(-?\d+)\.\.(-?\d+)(?:\.\.(\d+))?")
 _NUMBER = re.compile(r"^\s*([-+]?(?:\d+(?:\.\d*)?|\.\d+))\s*%?\s*$")
@@ -93,6 +93,8 @@ class ProbabilitiesConfig(BaseModel):
     retries: int = Field(4, description="retries per request after the first attempt")
     metrics_dir: str | None = Field(None, description="write summary numbers here, one file each (Argo output parameters)")
     max_failed_fraction: float = Field(0.0, description="fail the step when more rows than this fraction fail")
+    csv_name: str | None = Field(None, description="also write a wide CSV in `out`: one row per `row` value (a trial), "
+                                 "with p_<label>_<candidate> for each of its items plus expected/std/entropy/coverage")
 
 
 # ----------------------------------------------------------------------------- candidate sets
@@ -312,6 +314,41 @@ async def score_candidates(client: Any, context: str, candidates: list[str],
 
 # ----------------------------------------------------------------------------- the step
 
+# per-item fields that describe the request or its result; everything else is the trial's own data
+_ITEM_FIELDS = {"id", "question", "label", "state", "messages", "answer_prefix", "candidates", "values", "context",
+                "chat", "prompt", "logprobs", "n_tokens", "tokens", "token_logprobs", "merged", "probs", "probs_norm",
+                "best", "entropy", "coverage", "expected", "std", "expected_norm", "latency_s", "error"}
+
+
+def column_slug(candidate: str) -> str:
+    """A candidate as part of a column name: '40%' -> '40pct', " wasn't bad" -> 'wasnt_bad'."""
+    text = candidate.strip().replace("%", "pct").replace("'", "").replace("\u2019", "")
+    return re.sub(r"[^0-9A-Za-z]+", "_", text).strip("_") or "blank"
+
+
+def wide_rows(results: list[dict]) -> list[dict]:
+    """One row per trial (the `row` field; the item id when absent): the trial's own columns, then
+    for every item label (`label`, e.g. belief_s0; the item id when absent) the probability of each
+    candidate (p_<label>_<candidate>), the length-normalised variant is left to the JSONL. A failed
+    item leaves its columns empty and names itself in `errors`."""
+    trials: dict[str, dict] = {}
+    for r in results:
+        key = str(r.get("row", r["id"]))
+        t = trials.setdefault(key, {"row": key, **{k: v for k, v in r.items() if k not in _ITEM_FIELDS and k != "row"}})
+        label = str(r.get("label") or r["id"])
+        if r.get("error"):
+            t["errors"] = (t.get("errors", "") + f"{label}: {r['error']}; ")[:2000]
+            continue
+        for c, p in zip(r["candidates"], r["probs"]):
+            t[f"p_{label}_{column_slug(c)}"] = round(p, 6)
+        for k in ("expected", "std", "entropy", "coverage", "best"):
+            if r.get(k) is not None:
+                t[f"{label}_{k}"] = round(r[k], 6) if isinstance(r[k], float) else r[k]
+    rows = list(trials.values())
+    for t in rows:
+        t.setdefault("errors", "")
+    return rows
+
 
 def load_tokenizer(name: str) -> Any:
     """The tokenizer (and chat template) of a model: a bundled name, a folder or a hub ID."""
@@ -380,6 +417,10 @@ def build_items(rows: list[dict], cfg: ProbabilitiesConfig, src: Path) -> list[d
             context = chat_context(tokenizer, msgs, where)
         else:
             context = text
+        prefix = row.get("answer_prefix") or ""
+        if not isinstance(prefix, str):
+            raise ValueError(f"{where}, field 'answer_prefix': need text (got {prefix!r})")
+        context += prefix  # opens the assistant turn ("It" + " was good"); part of the context, not scored
         special = cfg.add_special_tokens if cfg.add_special_tokens is not None else (False if chat else None)
         items.append({"id": str(row["id"]), "row": row, "context": context, "chat": chat,
                       "candidates": cands, "values": [float(v) for v in values] if values else None,
@@ -462,6 +503,8 @@ def run(cfg: ProbabilitiesConfig) -> dict:
                          f"(model {endpoint.model}); first error (row {failed[0]['id']!r}): {failed[0]['error']}. "
                          f"Finished rows are kept in {out / 'log.jsonl'}; re-run the step to retry only the failed ones.")
     write_jsonl(out / "probabilities.jsonl", merged)
+    if cfg.csv_name:
+        write_csv(out / cfg.csv_name, wide_rows(merged))
     write_manifest(out, "probabilities", cfg, counts=counts, timings={"wall": time.monotonic() - t0},
                    packages=["httpx", "transformers"],
                    extra={"endpoint": endpoint.base_url, "served_model": endpoint.model,

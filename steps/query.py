@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, Field
 
-from steps._io import JsonlLog, Progress, begin_output, read_jsonl, write_jsonl, write_manifest, write_metrics
+from steps._io import JsonlLog, Progress, begin_output, read_jsonl, write_csv, write_jsonl, write_manifest, write_metrics
 
 
 class QueryConfig(BaseModel):
@@ -47,6 +47,8 @@ class QueryConfig(BaseModel):
     retries: int = Field(4, description="retries per request after the first attempt")
     metrics_dir: str | None = Field(None, description="write summary numbers here, one file each (Argo output parameters)")
     max_failed_fraction: float = Field(0.0, description="fail the step when more rows than this fraction fail")
+    csv_name: str | None = Field(None, description="also write the rows as this CSV in `out` (every input column, "
+                                 "then response, model, finish_reason, token counts, latency_s, attempts, error)")
 
 
 def build_messages(row: dict, prompt_field: str, system_prompt: str | None, where: str) -> list[dict]:
@@ -127,6 +129,16 @@ def load_rows(path: Path) -> list[dict]:
     return rows
 
 
+_META = ("model", "finish_reason", "prompt_tokens", "completion_tokens", "latency_s", "attempts", "status", "error")
+
+
+def csv_row(row: dict) -> dict:
+    """A result row as a CSV row: the input columns (not the request plumbing), then the response
+    and its metadata, in a fixed order."""
+    head = {k: v for k, v in row.items() if k not in ("messages", "params", "answer", *_META)}
+    return {**head, "response": row.get("answer"), **{k: row.get(k) for k in _META}}
+
+
 def run(cfg: QueryConfig) -> dict:
     from steps.client import Client, Endpoint, load_lora_adapter
 
@@ -141,6 +153,10 @@ def run(cfg: QueryConfig) -> dict:
         params: dict[str, Any] = {"temperature": cfg.temperature, "max_tokens": cfg.max_tokens}
         if cfg.temperature > 0:  # a seed only matters when sampling; seeded requests are sampled one by one
             params["seed"] = cfg.seed + i
+        if "params" in row:  # per-row sampling (steps.study writes it): the row's settings win
+            if not isinstance(row["params"], dict):
+                raise ValueError(f"{src}: row {row['id']!r}: field 'params' must be a mapping of request settings")
+            params = {k: v for k, v in row["params"].items() if v is not None}
         items.append((str(row["id"]), msgs, params))
     endpoint = Endpoint.parse(cfg.model, cfg.url, cfg.api_key_env)
     if cfg.lora_path:
@@ -189,6 +205,8 @@ def run(cfg: QueryConfig) -> dict:
                          f"(model {endpoint.model}); first error: {example}. Finished rows are kept in "
                          f"{out / 'log.jsonl'}; re-run the step to retry only the failed ones.")
     write_jsonl(out / "answers.jsonl", merged)
+    if cfg.csv_name:
+        write_csv(out / cfg.csv_name, [csv_row(r) for r in merged])
     write_manifest(out, "query", cfg, counts=counts, timings={"wall": wall},
                    packages=["httpx"], extra={"endpoint": endpoint.base_url, "served_model": endpoint.model,
                                                "tokens_per_s": tokens / wall if wall else None})

@@ -1,8 +1,17 @@
 """A real OpenAI-compatible HTTP server on 127.0.0.1 that injects faults, so the model-call layer
 (steps/client.py, steps/query.py) is tested over real sockets without any model.
 
-The answer to a prompt is deterministic: `answer_for(prompt)` (the prompt reversed). Faults are
-scripted three ways, checked in this order for every completion request:
+The answer to a prompt is deterministic: `answer_for(prompt)` (the prompt reversed), unless a test
+scripts the reply text (used by steps that parse what a model says, e.g. steps.extract):
+
+    srv.replies["the cat"] = deque(['{"a": 1', '{"a": 1}'])  # requests whose text contains "the cat"
+                                           # get these contents in turn, then the default answer
+    srv.responder = lambda body: "..."     # content for any other request, computed from its body
+    srv.reject_response_format = True      # a request with `response_format` gets vLLM's 400
+
+A reply script matches on the request's whole text (every message's content, or the prompt), so it
+keeps matching a conversation that grows (a retry that appends the previous reply and an error).
+Faults are scripted three ways, checked in this order for every completion request:
 
     srv.fail("question 3", "500", "429")   # this prompt's next calls get these faults, then succeed
     srv.always["question 4"] = "500"       # this prompt fails every time until the entry is removed
@@ -24,15 +33,26 @@ from collections import Counter, defaultdict, deque
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
 FAULTS = ("500", "503", "400", "429", "sleep", "malformed", "truncated", "nochoices")
 
+# vLLM's answer to a request whose structured-output constraint it cannot serve (its own wording)
+RESPONSE_FORMAT_REJECTED = ("Structured outputs are not yet supported for this model. Remove the structured "
+                            "output constraint (e.g. `response_format`, `structured_outputs`) from the request.")
+
 
 def answer_for(prompt: str) -> str:
     return prompt[::-1]
+
+
+def request_text(body: dict) -> str:
+    """Everything a request says, for matching reply scripts: message contents, or the prompt."""
+    if "messages" in body:
+        return "\n".join(str(m.get("content", "")) for m in body.get("messages") or [])
+    return str(body.get("prompt", ""))
 
 
 @dataclass
@@ -72,6 +92,9 @@ class FaultServer:
             self.in_flight = 0
             self.max_in_flight = 0
             self.adapters: dict[str, str] = {}
+            self.replies: dict[str, deque[str]] = defaultdict(deque)
+            self.responder: Callable[[dict], str] | None = None
+            self.reject_response_format = False
 
     def fail(self, prompt: str, *faults: str) -> None:
         assert all(f in FAULTS for f in faults), faults
@@ -130,6 +153,16 @@ class FaultServer:
         with self._lock:
             if generation == self._generation:  # not a straggler from a test already reset
                 self.in_flight -= 1
+
+    def _reply_text(self, prompt: str, body: dict, consume: bool = True) -> str:
+        with self._lock:
+            text = request_text(body)
+            for key, queue in self.replies.items():
+                if queue and key in text:
+                    # a reply the client never receives whole (truncated) is not used up
+                    return queue.popleft() if consume else queue[0]
+            responder = self.responder
+        return responder(body) if responder else answer_for(prompt)
 
     def _pick_fault(self, prompt: str) -> str | None:
         with self._lock:
@@ -192,7 +225,10 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if srv.delay_s:
                 wake.wait(srv.delay_s)
-            req.fault = fault = srv._pick_fault(prompt)
+            if srv.reject_response_format and "response_format" in body:
+                req.fault = fault = "response_format"  # refused up front, as vLLM validates requests
+            else:
+                req.fault = fault = srv._pick_fault(prompt)
             if fault == "sleep":
                 wake.wait(srv.sleep_s)
         finally:
@@ -203,6 +239,10 @@ class _Handler(BaseHTTPRequestHandler):
             pass  # the client gave up (timeout) and closed the socket
 
     def _answer(self, path: str, prompt: str, body: dict, fault: str | None) -> None:
+        if fault == "response_format":
+            self._send(400, {"error": {"message": RESPONSE_FORMAT_REJECTED, "type": "BadRequestError",
+                                       "param": "response_format", "code": 400}})
+            return
         if fault in ("500", "503", "400"):
             self._send(int(fault), {"error": {"message": f"injected fault {fault}", "code": int(fault)}})
             return
@@ -215,7 +255,7 @@ class _Handler(BaseHTTPRequestHandler):
         if fault == "nochoices":
             self._send(200, {"id": "cmpl-x", "object": "chat.completion", "model": body.get("model")})
             return
-        text = answer_for(prompt)
+        text = self.fault_server._reply_text(prompt, body, consume=fault != "truncated")
         choice: dict[str, Any] = {"index": 0, "finish_reason": "stop", "logprobs": None}
         if path == "/v1/chat/completions":
             choice["message"] = {"role": "assistant", "content": text}

@@ -289,3 +289,25 @@ def test_lora_adapter_is_staged_loaded_and_queried(server, tmp_path):
     run(cfg)  # a retried step: the adapter is already loaded, which is fine
     with pytest.raises(FileNotFoundError, match="not a PEFT adapter folder"):
         run(config(server, tmp_path, lora_name="x", lora_path=str(tmp_path)))
+
+
+def test_study_rows_keep_every_column_and_write_a_csv(server, tmp_path):
+    """Rows as steps.study writes them: own messages and sampling settings; the CSV keeps every
+    input column (commas, quotes and newlines intact) and adds the response and its metadata."""
+    import csv
+
+    rows = [{"id": f"t{i}", "row": f"t{i}", "story": f'line one, "quoted"\nline {i}', "prompt": question(i),
+             "messages": [{"role": "user", "content": question(i)}],
+             "params": {"temperature": 0.5, "max_tokens": 7, "seed": 40 + i}} for i in range(3)]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    server.fail(question(1), "429")
+    run(config(server, tmp_path, csv_name="m_s_raw_responses.csv"))
+    sent = {r.prompt: r.body for r in server.completions() if r.fault is None}
+    assert [(sent[question(i)]["seed"], sent[question(i)]["max_tokens"]) for i in range(3)] == [(40, 7), (41, 7), (42, 7)]
+    with open(tmp_path / "out" / "m_s_raw_responses.csv", newline="", encoding="utf-8") as f:
+        got = list(csv.DictReader(f))
+    assert list(got[0]) == ["id", "row", "story", "prompt", "response", "model", "finish_reason", "prompt_tokens",
+                            "completion_tokens", "latency_s", "attempts", "status", "error"]
+    assert [g["story"] for g in got] == [r["story"] for r in rows]
+    assert [g["response"] for g in got] == [answer_for(question(i)) for i in range(3)]
+    assert got[1]["attempts"] == "2" and got[0]["attempts"] == "1" and all(g["error"] == "" for g in got)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import shutil
 import socket
 from pathlib import Path
 
@@ -95,9 +96,19 @@ def alive(pid: int) -> bool:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct ports that were free a moment ago (all bound at once, so none repeats)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def test_daemon_reached_through_task_ip_and_stopped_afterwards(tmp_path):
@@ -360,3 +371,180 @@ def test_volume_sources_without_a_local_equivalent_need_a_folder(tmp_path):
     (cfg / "settings.txt").write_text("temperature: 0")
     result = run_workflow(doc, tmp_path / "out", volumes={"cfg": cfg}, console=quiet())
     assert result.ok and "temperature: 0" in (tmp_path / "out" / "nodes" / "step" / "log.txt").read_text()
+
+
+def nested_parallelism(ports: list[int], parallelism: int) -> dict:
+    doc = yaml.safe_load((FIXTURES / "nested-parallelism.yaml").read_text().replace("18801", str(ports[0])))
+    templates = {t["name"]: t for t in doc["spec"]["templates"]}
+    templates["main"]["parallelism"] = parallelism
+    if len(set(ports)) > 1:  # servers side by side share 127.0.0.1 here (a cluster gives each pod its own IP)
+        templates["server"]["container"]["readinessProbe"]["httpGet"]["port"] = "{{inputs.parameters.port}}"
+        for item, port in zip(templates["main"]["dag"]["tasks"][0]["withItems"], ports):
+            item["port"] = str(port)
+    return doc
+
+
+def server_spans(log: Path) -> tuple[dict[str, tuple[int, int]], int]:
+    """Each item's (up, down) line numbers in the shared event log, and the most servers up at once."""
+    events = [line.split()[:2] for line in lines(log)]
+    assert sorted(events) == sorted([x, e] for x in "abc" for e in ("up", "down", "c1-start", "c1-end", "c2-start", "c2-end"))
+    spans = {x: (events.index([x, "up"]), events.index([x, "down"])) for x in "abc"}
+    for i, (x, event) in enumerate(events):  # each client ran while its own server was up
+        assert spans[x][0] <= i <= spans[x][1], (x, event, events)
+    up = most = 0
+    for _, event in events:
+        up += {"up": 1, "down": -1}.get(event, 0)
+        most = max(most, up)
+    return spans, most
+
+
+def test_dag_parallelism_one_runs_nested_dags_with_their_daemons_one_at_a_time(tmp_path):
+    result = run_workflow(nested_parallelism([free_port()], 1), tmp_path, console=quiet())
+
+    assert result.ok, result.message
+    for i in range(3):
+        assert result.nodes[f"model.{i}.srv"]["phase"] == "Succeeded"
+        assert "stopped" in result.nodes[f"model.{i}.srv"]["message"]
+    spans, most = server_spans(tmp_path / "volumes" / "shared" / "events.log")
+    order = sorted(spans, key=lambda x: spans[x][0])
+    # the next server comes up only after the previous nested DAG's clients ended and its server went down
+    for before, after in zip(order, order[1:]):
+        assert spans[after][0] > spans[before][1]
+    assert most == 1
+
+
+def test_dag_parallelism_two_keeps_at_most_two_nested_daemons_up(tmp_path):
+    doc = nested_parallelism(free_ports(3), 2)
+    result = run_workflow(doc, tmp_path, parameters={"peers": "2"}, console=quiet())
+
+    assert result.ok, result.message
+    _, most = server_spans(tmp_path / "volumes" / "shared" / "events.log")
+    assert most == 2  # each client waited for two servers to be up, so two did overlap; never three
+
+
+def test_daemon_holding_its_dags_only_slot_fails_instead_of_hanging(tmp_path):
+    port = free_port()
+    doc = yaml.safe_load((FIXTURES / "daemon.yaml").read_text().replace("18765", str(port)))
+    doc["spec"]["templates"][-1]["parallelism"] = 1  # as on Argo, the running daemon holds the DAG's slot
+    with pytest.raises(WorkflowError, match=r"nodes ask can never start(.|\n)*parallelism of DAG templates"):
+        run_workflow(doc, tmp_path, console=quiet())
+    assert not alive(int((tmp_path / "volumes" / "shared" / "server.pid").read_text()))
+
+
+def test_flat_dag_parallelism_counts_running_containers(tmp_path):
+    doc = load_workflow(FIXTURES / "sync.yaml")
+    doc["spec"]["templates"][-1]["parallelism"] = 1
+    result = run_workflow(doc, tmp_path, jobs=4, semaphore_limits={"kubellm-semaphores/gpu": 4}, console=quiet())
+    assert result.ok
+    assert not overlapping(intervals(tmp_path / "volumes" / "shared", "abcd"))
+
+
+# -- key-only artifacts (s3: {key: ...}): the workflow's default repository is <out>/s3/ ----------------
+
+
+def test_keyed_artifacts_hand_folders_between_fanned_out_nested_dags(tmp_path):
+    result = run_file(FIXTURES / "keyed-fanout.yaml", tmp_path, console=quiet())
+
+    assert result.ok, result.message
+    s3 = tmp_path / "s3" / "exp"
+    assert (s3 / "a" / "raw" / "rows.txt").read_text() == "row of a\n"
+    # the consumer read the producer's key; `from: {{tasks.produce.outputs.artifacts.raw}}` is that same folder
+    assert (s3 / "b" / "upper" / "rows.txt").read_text() == "ROW OF B\nsame\n"
+    # collect read the whole prefix and published its summary into it
+    assert lines(s3 / "summary.txt") == ["a/raw/rows.txt", "a/upper/rows.txt", "b/raw/rows.txt", "b/upper/rows.txt"]
+    status = json.loads((tmp_path / "nodes" / "fan.0.produce" / "status.json").read_text())
+    assert status["outputs"]["artifacts"] == {"raw": str(s3 / "a" / "raw")}
+    consume = json.loads((tmp_path / "nodes" / "fan.1.consume" / "status.json").read_text())
+    assert consume["in_artifacts"] == {"raw": str(s3 / "b" / "raw"), "same": str(s3 / "b" / "raw")}
+    assert consume["outputs"]["artifacts"] == {"upper": str(s3 / "b" / "upper")}
+    collect = json.loads((tmp_path / "nodes" / "collect" / "status.json").read_text())
+    assert collect["in_artifacts"] == {"root": str(s3)} and collect["outputs"]["artifacts"] == {"results": str(s3)}
+    assert not any((tmp_path / "nodes" / "fan.0.produce" / "artifacts").iterdir())
+
+
+def test_keyed_artifacts_resume_reruns_only_the_producer_of_a_missing_key_and_its_dependents(tmp_path):
+    ran = tmp_path / "volumes" / "shared" / "ran.log"
+    assert run_file(FIXTURES / "keyed-fanout.yaml", tmp_path, console=quiet()).ok
+    assert len(lines(ran)) == 5
+
+    again = run_file(FIXTURES / "keyed-fanout.yaml", tmp_path, console=quiet())
+    assert again.ok and all(again.nodes[n]["reused"] for n in ("fan.0.produce", "fan.1.consume", "collect"))
+    assert len(lines(ran)) == 5  # nothing ran
+
+    s3 = tmp_path / "s3" / "exp"
+    shutil.rmtree(s3 / "a" / "raw")
+    (s3 / "a" / "upper" / "partial.jsonl").write_text("{}\n")  # row-level progress of a step that re-runs
+    third = run_file(FIXTURES / "keyed-fanout.yaml", tmp_path, console=quiet())
+    assert third.ok, third.message
+    assert lines(ran)[5:] == ["produce-a", "consume-a", "collect"]
+    reused = {n for n, s in third.nodes.items() if s.get("reused")}
+    assert reused == {"fan.1.produce", "fan.1.consume"}
+    assert (s3 / "a" / "raw" / "rows.txt").read_text() == "row of a\n"
+    assert (s3 / "a" / "upper" / "partial.jsonl").exists()  # a node that runs again keeps its folder
+    assert "a/upper/partial.jsonl" in lines(s3 / "summary.txt")
+
+
+def test_keyed_artifacts_refuse_other_repositories_and_keys_outside_the_repository(tmp_path):
+    doc = load_workflow(FIXTURES / "keyed-fanout.yaml")
+    doc["spec"]["templates"][0]["outputs"]["artifacts"][0]["s3"]["bucket"] = "elsewhere"
+    doc["spec"]["templates"][1]["inputs"]["artifacts"][0]["s3"]["endpoint"] = "minio:9000"
+    problems = check_supported(doc)
+    assert len(problems) == 2
+    assert problems[0].startswith("spec.templates[0].outputs.artifacts[0].s3.bucket: not supported by the local "
+                                  "runner (supported: key)")
+    assert problems[1].startswith("spec.templates[1].inputs.artifacts[0].s3.endpoint: not supported")
+
+    for bad in ("../escape", "/abs"):
+        out = tmp_path / bad.strip("./")
+        result = run_file(FIXTURES / "keyed-fanout.yaml", out, parameters={"experiment": bad}, console=quiet())
+        assert result.phase == "Failed"
+        node = result.nodes["fan.0.produce"]
+        assert node["phase"] == "Error"
+        assert "spec.templates[0].outputs.artifacts[0].s3.key: key" in node["message"]
+        assert "must be relative and must not contain '..'" in node["message"]
+        assert not (out / "escape").exists() and not (out / "s3").exists()
+
+
+def test_keyed_input_that_nobody_wrote_is_an_error_unless_optional(tmp_path):
+    doc = load_workflow(FIXTURES / "keyed-fanout.yaml")
+    doc["spec"]["templates"][3]["inputs"]["artifacts"][0]["s3"]["key"] = "{{workflow.parameters.experiment}}/none"
+    result = run_workflow(doc, tmp_path / "strict", console=quiet())
+    assert result.phase == "Failed" and result.nodes["collect"]["phase"] == "Error"
+    message = result.nodes["collect"]["message"]
+    assert "reads key 'exp/none'" in message and str(tmp_path / "strict" / "s3" / "exp" / "none") in message
+
+    doc["spec"]["templates"][3]["inputs"]["artifacts"][0]["optional"] = True
+    result = run_workflow(doc, tmp_path / "optional", console=quiet())
+    assert result.ok, result.message
+    assert (tmp_path / "optional" / "s3" / "exp" / "summary.txt").read_text() == ""
+
+
+def placed(patch: str, **params: str) -> dict:
+    doc = one_task({"command": ["python", "-c", "print('ran')"]}, podSpecPatch=patch)
+    doc["spec"]["arguments"] = {"parameters": [{"name": k, "value": v} for k, v in params.items()]}
+    return doc
+
+
+def test_pod_spec_patch_that_only_places_the_pod_is_ignored(tmp_path):
+    patch = '{"nodeSelector": {{workflow.parameters.node-selector}}, "tolerations": {{workflow.parameters.tolerations}}}'
+    doc = placed(patch, **{"node-selector": '{"gpu": "a100"}',
+                           "tolerations": '[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]'})
+    assert check_supported(doc) == []
+    result = run_workflow(doc, tmp_path / "json", console=quiet())
+    assert result.ok, result.message
+    assert "ran" in (tmp_path / "json" / "nodes" / "step" / "log.txt").read_text()
+    # Argo also takes YAML
+    assert run_workflow(placed("priorityClassName: batch\naffinity: {}"), tmp_path / "yaml", console=quiet()).ok
+
+
+def test_pod_spec_patch_that_changes_what_runs_fails_the_node(tmp_path):
+    doc = placed('{"nodeSelector": {}, "containers": [{"name": "main", "image": "other"}], "hostNetwork": true}')
+    result = run_workflow(doc, tmp_path / "containers", console=quiet())
+    assert result.phase == "Failed" and result.nodes["step"]["phase"] == "Error"
+    assert result.nodes["step"]["message"].startswith("spec.templates[0].podSpecPatch: sets containers, hostNetwork,")
+    assert not (tmp_path / "containers" / "nodes" / "step" / "log.txt").exists()  # nothing ran
+
+    doc = placed('{"nodeSelector": {{workflow.parameters.node-selector}}}', **{"node-selector": "{gpu"})
+    result = run_workflow(doc, tmp_path / "garbled", console=quiet())
+    assert result.nodes["step"]["phase"] == "Error"
+    assert "spec.templates[0].podSpecPatch: does not parse" in result.nodes["step"]["message"]

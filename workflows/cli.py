@@ -16,15 +16,15 @@ import sys
 import time
 from pathlib import Path
 
-PIPELINES = ("distill",)
+PIPELINES = ("distill", "experiment")
 
 
 def _pipeline(name: str):
     if name not in PIPELINES:
         raise SystemExit(f"unknown pipeline {name!r}; available: {', '.join(PIPELINES)}")
-    from workflows import distill
+    import importlib
 
-    return distill
+    return importlib.import_module(f"workflows.{name}")
 
 
 def _params(items: list[str]) -> dict[str, str]:
@@ -88,11 +88,11 @@ def cmd_run(a: argparse.Namespace) -> int:
     except WorkflowError as e:
         raise SystemExit(f"cannot run {a.pipeline} locally: {e}") from None
     wall = time.monotonic() - t0
-    report = _collect_report(out, result)
+    report = _collect_report(out, result) if a.pipeline == "distill" else _experiment_report(out, result)
     print(f"\n{a.pipeline}: {result.phase} in {wall / 60:.1f} min ({wall:.0f} s) -> {out}")
     if report:
         print(f"report: {report}")
-        verdict = json.loads(Path(report).read_text()).get("verdict")
+        verdict = json.loads(Path(report).read_text()).get("verdict") if report.endswith(".json") else None
         if verdict:
             print(f"verdict: {verdict}")
     if result.phase != "Succeeded":
@@ -118,6 +118,17 @@ def _collect_report(out: Path, result) -> str | None:
             shutil.copyfile(src / f, out / f)
     write_json(out / "report.json", report)
     return str(out / "report.json")
+
+
+def _experiment_report(out: Path, result) -> str | None:
+    """Where collect wrote the experiment's report: {root}/report/{timestamp}/ (root = the keyed
+    artifact folder on the s3 wiring, the data volume on the pvc wiring)."""
+    nodes = result.nodes or {}
+    ts = (((nodes.get("plan") or {}).get("outputs") or {}).get("parameters") or {}).get("timestamp")
+    if not ts:
+        return None
+    hits = sorted(out.glob(f"**/report/{ts}/report.md"))
+    return str(hits[0]) if hits else None
 
 
 def cmd_lint(a: argparse.Namespace) -> int:

@@ -329,19 +329,25 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
     return wf
 
 
+def checked_values(pipeline: str, spec: dict[str, P], params: dict[str, str]) -> dict[str, str]:
+    """Defaults overridden by `params`; unknown names and values outside an enum are errors."""
+    values = {k: p.default for k, p in spec.items()}
+    unknown = sorted(set(params) - set(spec))
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {unknown}; {pipeline} takes: {', '.join(sorted(spec))}")
+    values.update(params)
+    for k, p in spec.items():
+        if p.enum and values[k] not in p.enum:
+            raise ValueError(f"parameter {k}={values[k]!r} must be one of {list(p.enum)}")
+    return values
+
+
 def validate_params(params: dict[str, str]) -> dict[str, str]:
     """Fail before any work on a value that cannot work, saying how to fix it."""
     from steps import models
     from steps.harvest import validate_topics
 
-    values = {k: p.default for k, p in PARAMS.items()}
-    unknown = sorted(set(params) - set(PARAMS))
-    if unknown:
-        raise ValueError(f"unknown parameter(s) {unknown}; distill takes: {', '.join(sorted(PARAMS))}")
-    values.update(params)
-    for k, p in PARAMS.items():
-        if p.enum and values[k] not in p.enum:
-            raise ValueError(f"parameter {k}={values[k]!r} must be one of {list(p.enum)}")
+    values = checked_values("distill", PARAMS, params)
     for k in ("num-questions", "heldout-unseen", "heldout-paraphrase", "steps", "lora-r", "batch-size",
               "grad-accum", "answer-tokens", "concurrency", "seed", "gpus"):
         try:

