@@ -106,7 +106,8 @@ def bench_query(url: str, model: str, tmp: Path, n: int, tokens: int, rounds: in
     for r in range(rounds):
         order = ["vllm_client_c16", "kubellm_c16"] if r % 2 == 0 else ["kubellm_c16", "vllm_client_c16"]
         for name in order:
-            ps = [f"[r{r}] {p}" for p in prompts]
+            # unique per client and round: a prompt the other client just sent would hit vLLM's prefix cache
+            ps = [f"[{name} r{r}] {p}" for p in prompts]
             out = (asyncio.run(run_vllm_client(url, model, ps, tokens, 16)) if name.startswith("vllm")
                    else run_query(url, model, ps, tokens, 16, tmp))
             out["tokens_per_s"] = out["output_tokens"] / out["wall_s"]

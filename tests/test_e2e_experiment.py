@@ -64,10 +64,10 @@ def test_experiment_tiny_layout_files_and_rerun(tmp_path, cache_dir):
     assert f"report: {report / 'report.md'}" in first.stdout
 
     # the server ran without LoRA and is gone; a re-run redoes nothing and starts no server
-    before = {p.name: json.loads((p / "status.json").read_text())["finished"] for p in (out / "nodes").iterdir()
+    before = {p.name: json.loads((p / "status.json").read_text()).get("finished") for p in (out / "nodes").iterdir()
               if (p / "status.json").exists()}
     second = _run(out, port, env)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    after = {p.name: json.loads((p / "status.json").read_text())["finished"] for p in (out / "nodes").iterdir()
+    after = {p.name: json.loads((p / "status.json").read_text()).get("finished") for p in (out / "nodes").iterdir()
              if (p / "status.json").exists()}
     assert {k: v for k, v in after.items() if k in before} == before
