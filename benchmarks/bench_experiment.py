@@ -240,6 +240,15 @@ def main() -> int:
     only = set(a.only.split(","))
     results: dict = {"machine": machine(), "model": a.model, "command": " ".join(sys.argv)}
     tmp = Path(tempfile.mkdtemp(prefix="kubellm-bench-exp-"))
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "bench_experiment.json"
+
+    def save() -> None:  # after every section: a stopped run keeps what it measured
+        old = json.loads(path.read_text()) if path.exists() else {}
+        old.update(results)
+        path.write_text(json.dumps(old, indent=2) + "\n")
+
     server = None
     try:
         url = a.url
@@ -250,20 +259,17 @@ def main() -> int:
             url = server.__enter__().base_url
         if "probabilities" in only:
             results["probabilities"] = bench_probabilities(url, a.model, tmp, a.contexts)
+            save()
         if "query" in only:
             results["query"] = bench_query(url, a.model, tmp, a.prompts, a.tokens, a.rounds)
+            save()
         if "big" in only:
             results["big"] = bench_big(url, a.model, tmp)
+            save()
     finally:
         if server is not None:
             server.__exit__(None, None, None)
         shutil.rmtree(tmp, ignore_errors=True)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "bench_experiment.json"
-    old = json.loads(path.read_text()) if path.exists() else {}
-    old.update({k: v for k, v in results.items()})
-    path.write_text(json.dumps(old, indent=2) + "\n")
     print(json.dumps({k: v for k, v in results.items() if k != "machine"}, indent=2, default=str)[:4000])
     return 0
 
