@@ -232,13 +232,35 @@ def test_serve_pods_carry_what_network_policies_and_podmonitor_select(built, mon
         assert t["container"]["readinessProbe"]["httpGet"]["port"] == SERVE_PORT
 
 
+def _defaults(doc: dict, value: str, **override: str) -> str:
+    """`value` with `{{workflow.parameters.X}}` and `{{inputs.parameters.X}}` replaced by the
+    workflow's default for X (per-model template inputs default to the workflow parameters of the
+    same name), or by `override[X]`."""
+    params = {p["name"]: p.get("value") for p in (doc["spec"].get("arguments") or {}).get("parameters") or []}
+    params.update(override)
+
+    def sub(m: re.Match) -> str:
+        assert m.group(2) in params, f"{value}: no workflow parameter {m.group(2)!r} to resolve it with"
+        return str(params[m.group(2)])
+    return re.sub(r"\{\{(workflow|inputs)\.parameters\.([\w-]+)\}\}", sub, str(value))
+
+
+def _tolerations(doc: dict, t: dict) -> list[dict]:
+    """The pod's tolerations: the template's, or those its podSpecPatch sets (with default parameters)."""
+    if t.get("podSpecPatch"):
+        patch = json.loads(_defaults(doc, t["podSpecPatch"]))
+        if "tolerations" in patch:
+            return patch["tolerations"] or []
+    return t.get("tolerations") or []
+
+
 @pytest.mark.parametrize("wf", RENDERED, ids=lambda p: p.name)
 def test_gpu_templates_tolerate_the_gpu_taint(wf):
     doc = load(wf)
     for t in _templates(doc):
         limits = ((t.get("container") or {}).get("resources") or {}).get("limits") or {}
         if "nvidia.com/gpu" in limits:
-            tol = [x for x in t.get("tolerations") or [] if x.get("key") == "nvidia.com/gpu"]
+            tol = [x for x in _tolerations(doc, t) if x.get("key") == "nvidia.com/gpu"]
             assert tol and tol[0].get("effect") in (None, "NoSchedule"), (
                 f"{wf.name}: template {t['name']} requests nvidia.com/gpu but does not tolerate the "
                 "nvidia.com/gpu:NoSchedule taint GPU nodes usually carry")
@@ -263,11 +285,12 @@ def test_one_distill_run_fits_quota_and_limits(built, overlay, gpus):
     cmax = next(x for x in lr if x["type"] == "Container")["max"]
     for wf in RENDERED:
         total = {"requests.cpu": 0.0, "requests.memory": 0.0, "requests.nvidia.com/gpu": 0.0}
-        for t in _templates(load(wf)):
+        doc = load(wf)
+        for t in _templates(doc):
             res = (t.get("container") or {}).get("resources") or {}
             req = {**(res.get("limits") or {}), **(res.get("requests") or {})}  # requests default to limits
             for r, v in req.items():
-                v = gpus if "{{workflow.parameters.gpus}}" in str(v) else v
+                v = _defaults(doc, v, gpus=gpus)
                 if r in ("cpu", "memory"):
                     assert _qty(v) <= _qty(cmax[r]), f"{wf.name}: {t['name']} {r}={v} > LimitRange max {cmax[r]}"
                 total[f"requests.{r}"] = total.get(f"requests.{r}", 0.0) + _qty(v)
