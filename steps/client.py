@@ -138,6 +138,21 @@ class Client:
         return await self.post("/completions", {"model": self.endpoint.model, "prompt": prompt, **params})
 
 
+def check_failed(step: str, failed: list[dict], total: int, max_fraction: float, endpoint: Endpoint,
+                 log: str) -> None:
+    """End a step whose failed rows exceed `max_fraction` of `total`, with what to do about it.
+
+    Called before the step's outputs are written: the write-ahead `log` keeps the finished rows,
+    so a re-run only retries the failed ones."""
+    if len(failed) <= max_fraction * total:
+        return
+    first = failed[0]
+    where = f" (row {first['id']!r})" if "id" in first else ""
+    raise SystemExit(f"{step}: {len(failed)} of {total} rows failed against {endpoint.base_url} (model "
+                     f"{endpoint.model}); first error{where}: {first.get('error')}. Finished rows are kept in "
+                     f"{log}; re-run the step to retry only the failed ones.")
+
+
 def load_lora_adapter(base_url: str, name: str, path: str, timeout_s: float = 120.0) -> None:
     """Add an adapter to a running vLLM server (needs VLLM_ALLOW_RUNTIME_LORA_UPDATING=True).
     Loading a name that is already loaded is fine: a retried step must not fail on it."""

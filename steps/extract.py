@@ -267,16 +267,13 @@ async def extract_all(
 
 def run(cfg: ExtractConfig) -> dict:
     from steps.client import Client, Endpoint
-    from steps.query import load_rows
+    from steps.query import input_rows
     from steps.study import write_csv
 
     t0 = time.monotonic()
     schema_path, instructions, schema, validator = load_schema(cfg.schema)
     fields = list(schema["properties"])
-    src = Path(cfg.input)
-    if src.is_dir():
-        src = src / cfg.input_file
-    rows = load_rows(src)
+    src, rows = input_rows(cfg.input, cfg.input_file)
     columns = list(dict.fromkeys(k for r in rows for k in r))
     for name in fields:
         if name in columns:

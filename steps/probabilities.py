@@ -465,14 +465,11 @@ async def score_all(client: Any, items: list[dict], log: JsonlLog, progress: Pro
 
 
 def run(cfg: ProbabilitiesConfig) -> dict:
-    from steps.client import Client, Endpoint
-    from steps.query import load_rows
+    from steps.client import Client, Endpoint, check_failed
+    from steps.query import input_rows
 
     t0 = time.monotonic()
-    src = Path(cfg.input)
-    if src.is_dir():
-        src = src / cfg.input_file
-    rows = load_rows(src)
+    src, rows = input_rows(cfg.input, cfg.input_file)
     items = build_items(rows, cfg, src)
     endpoint = Endpoint.parse(cfg.model, cfg.url, cfg.api_key_env)
     out = begin_output(cfg.out)
@@ -498,10 +495,7 @@ def run(cfg: ProbabilitiesConfig) -> dict:
     counts = {"rows": len(merged), "scored": len(merged) - len(failed), "failed": len(failed),
               "candidates": sum(len(it["candidates"]) for it in items)}
     write_metrics(cfg.metrics_dir, {"rows": counts["scored"], "failed": counts["failed"]})
-    if len(failed) > cfg.max_failed_fraction * len(merged):
-        raise SystemExit(f"probabilities: {len(failed)} of {len(merged)} rows failed against {endpoint.base_url} "
-                         f"(model {endpoint.model}); first error (row {failed[0]['id']!r}): {failed[0]['error']}. "
-                         f"Finished rows are kept in {out / 'log.jsonl'}; re-run the step to retry only the failed ones.")
+    check_failed("probabilities", failed, len(merged), cfg.max_failed_fraction, endpoint, str(out / "log.jsonl"))
     write_jsonl(out / "probabilities.jsonl", merged)
     if cfg.csv_name:
         write_csv(out / cfg.csv_name, wide_rows(merged))

@@ -110,6 +110,14 @@ async def answer_all(
     return {k: log.rows[k] for k, _, _ in items}
 
 
+def input_rows(input: str, input_file: str) -> tuple[Path, list[dict]]:
+    """A step's `--input`: a JSONL file, or a folder holding `input_file`; its path and checked rows."""
+    src = Path(input)
+    if src.is_dir():
+        src = src / input_file
+    return src, load_rows(src)
+
+
 def load_rows(path: Path) -> list[dict]:
     if not path.exists():
         raise FileNotFoundError(f"input {path} does not exist")
@@ -140,13 +148,10 @@ def csv_row(row: dict) -> dict:
 
 
 def run(cfg: QueryConfig) -> dict:
-    from steps.client import Client, Endpoint, load_lora_adapter
+    from steps.client import Client, Endpoint, check_failed, load_lora_adapter
 
     t0 = time.monotonic()
-    src = Path(cfg.input)
-    if src.is_dir():
-        src = src / cfg.input_file
-    rows = load_rows(src)
+    src, rows = input_rows(cfg.input, cfg.input_file)
     items = []
     for i, row in enumerate(rows):
         msgs = build_messages(row, cfg.prompt_field, cfg.system_prompt, str(src))
@@ -199,11 +204,7 @@ def run(cfg: QueryConfig) -> dict:
     counts = {"rows": len(merged), "answered": len(merged) - len(failed), "failed": len(failed),
               "completion_tokens": tokens}
     write_metrics(cfg.metrics_dir, {"rows": counts["answered"], "failed": counts["failed"]})
-    if len(failed) > cfg.max_failed_fraction * len(merged):
-        example = failed[0]["error"]
-        raise SystemExit(f"query: {len(failed)} of {len(merged)} rows failed against {endpoint.base_url} "
-                         f"(model {endpoint.model}); first error: {example}. Finished rows are kept in "
-                         f"{out / 'log.jsonl'}; re-run the step to retry only the failed ones.")
+    check_failed("query", failed, len(merged), cfg.max_failed_fraction, endpoint, str(out / "log.jsonl"))
     write_jsonl(out / "answers.jsonl", merged)
     if cfg.csv_name:
         write_csv(out / cfg.csv_name, [csv_row(r) for r in merged])

@@ -69,6 +69,11 @@ SECURITY = m.SecurityContext(run_as_non_root=True, run_as_user=1000, allow_privi
                              capabilities=m.Capabilities(drop=["ALL"]))
 
 
+def _model_env() -> list[Env]:
+    """Where steps and servers keep converted models and hub downloads: the kubellm-models claim."""
+    return [Env(name="KUBELLM_CACHE", value=MODELS_MOUNT), Env(name="HF_HOME", value=f"{MODELS_MOUNT}/hf")]
+
+
 def _res(cpu: str, mem: str, gpu: bool = False) -> m.ResourceRequirements:
     limits = {"cpu": cpu, "memory": mem}
     if gpu:
@@ -150,7 +155,7 @@ def _step(name: str, module: str, args: list[str], store: _Store, inputs: list, 
         metrics=prom, memoize=_memo() if memoize and store.kind == "s3" else None,
         name=name, image=_wp("steps-image"), image_pull_policy="IfNotPresent",
         command=["python", "-m", module], args=args, inputs=inputs or None, outputs=outputs or None,
-        env=[Env(name="KUBELLM_CACHE", value=MODELS_MOUNT), Env(name="HF_HOME", value=f"{MODELS_MOUNT}/hf")]
+        env=_model_env()
         + (env or []) if models else env,
         volume_mounts=mounts or None, resources=_res(cpu, mem, gpu), security_context=SECURITY,
         retry_strategy=_retry() if retry else None, active_deadline_seconds=deadline,
@@ -158,16 +163,46 @@ def _step(name: str, module: str, args: list[str], store: _Store, inputs: list, 
     )
 
 
+def workflow_fields(name: str, spec: dict[str, P], values: dict[str, str], store: str) -> dict:
+    """What every kubellm Workflow carries: its parameters with their compile-time values, the
+    model-cache claim (plus the data claim on the pvc store) and scratch space, non-root pods in the
+    batch priority class, the labels the k8s/ policies select, and a run-duration gauge."""
+    volumes = [m.Volume(name="models", persistent_volume_claim=m.PersistentVolumeClaimVolumeSource(
+        claim_name="kubellm-models"))]
+    if store == "pvc":
+        volumes.append(m.Volume(name="data", persistent_volume_claim=m.PersistentVolumeClaimVolumeSource(
+            claim_name="kubellm-data")))
+    labels = {"app.kubernetes.io/part-of": "kubellm", "kubellm/pipeline": name}
+    return dict(
+        generate_name=f"{name}-", entrypoint="main", service_account_name="kubellm-workflow",
+        arguments=[Parameter(name=k, value=values[k], description=p.help, enum=list(p.enum) if p.enum else None)
+                   for k, p in spec.items()],
+        volumes=volumes + [SCRATCH], pod_gc=m.PodGC(strategy="OnPodSuccess"),
+        labels=labels, pod_metadata=m.Metadata(labels=dict(labels)),
+        security_context=POD_SECURITY, pod_priority_class_name="kubellm-batch",
+        metrics=m.Metrics(prometheus=[m.Prometheus(
+            name="kubellm_workflow_duration_seconds", help="Duration of the last kubellm workflow run",
+            labels=[m.MetricLabel(key="pipeline", value=name), m.MetricLabel(key="status", value="{{workflow.status}}")],
+            gauge=m.Gauge(value="{{workflow.duration}}", realtime=False))]),
+    )
+
+
+def with_defaults(pipeline: str, spec: dict[str, P], params: dict[str, str] | None) -> dict[str, str]:
+    """Every parameter's compile-time value: the given ones over the defaults; unknown names refused."""
+    unknown = sorted(set(params or {}) - set(spec))
+    if unknown:
+        raise ValueError(f"unknown {pipeline} parameter(s) {unknown}; valid: {sorted(spec)}")
+    return {k: p.default for k, p in spec.items()} | dict(params or {})
+
+
+# the optional hosted-API key (Secret kubellm-api-keys) for steps that may call a hosted model
+API_KEY = SecretEnv(name="OPENAI_API_KEY", secret_name="kubellm-api-keys", secret_key="openai-api-key", optional=True)
+
+
 def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: int = SERVE_PORT,
           name: str = "distill") -> Workflow:
     st = _Store(store)
-    values = {k: p.default for k, p in PARAMS.items()}
-    unknown = sorted(set(params or {}) - set(PARAMS))
-    if unknown:
-        raise ValueError(f"unknown distill parameter(s) {unknown}; valid: {sorted(PARAMS)}")
-    values.update(params or {})
-    api_key = SecretEnv(name="OPENAI_API_KEY", secret_name="kubellm-api-keys", secret_key="openai-api-key",
-                        optional=True)
+    values = with_defaults("distill", PARAMS, params)
 
     prepare = _step("prepare-model", "steps.models", ["--name", "{{inputs.parameters.model}}",
                                                        "--out-param", "/tmp/model-path"],
@@ -198,7 +233,7 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
         args=["--model", "{{inputs.parameters.model}}", "--served-name", "{{inputs.parameters.served-name}}",
               "--host", "0.0.0.0", "--port", str(serve_port), "--max-lora-rank", _wp("lora-r")],
         inputs=[Parameter(name="model"), Parameter(name="served-name")],
-        env=[Env(name="KUBELLM_CACHE", value=MODELS_MOUNT), Env(name="HF_HOME", value=f"{MODELS_MOUNT}/hf")],
+        env=_model_env(),
         volume_mounts=[m.VolumeMount(name="models", mount_path=MODELS_MOUNT)],
         readiness_probe=m.Probe(http_get=m.HTTPGetAction(path="/health", port=serve_port),
                                 initial_delay_seconds=20, period_seconds=5, timeout_seconds=5),
@@ -219,7 +254,7 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
          "--num-questions", _wp("num-questions"), "--heldout-unseen", _wp("heldout-unseen"),
          "--heldout-paraphrase", _wp("heldout-paraphrase"), "--max-tokens", _wp("answer-tokens"),
          "--concurrency", _wp("concurrency"), "--seed", _wp("seed")],
-        st, kb_in + [Parameter(name="served-url")], data_out, cpu="1", mem="2Gi", retry=True, env=[api_key],
+        st, kb_in + [Parameter(name="served-url")], data_out, cpu="1", mem="2Gi", retry=True, env=[API_KEY],
         metrics={"rows": "rows the teacher produced (training + held-out)", "failed": "documents dropped"},
         memoize=True)
 
@@ -271,29 +306,12 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
                  "baseline": "baseline mean score"})
 
     served_url = "http://{{tasks.serve.ip}}:%d" % serve_port
-    volumes = [m.Volume(name="models", persistent_volume_claim=m.PersistentVolumeClaimVolumeSource(
-        claim_name="kubellm-models"))]
-    if st.kind == "pvc":
-        volumes.append(m.Volume(name="data", persistent_volume_claim=m.PersistentVolumeClaimVolumeSource(
-            claim_name="kubellm-data")))
-    volumes.append(SCRATCH)
-
     with Workflow(
-        generate_name=f"{name}-", entrypoint="main", service_account_name="kubellm-workflow",
-        arguments=[Parameter(name=k, value=values[k], description=p.help, enum=list(p.enum) if p.enum else None)
-                   for k, p in PARAMS.items()],
-        volumes=volumes, pod_gc=m.PodGC(strategy="OnPodSuccess"),
-        labels={"app.kubernetes.io/part-of": "kubellm", "kubellm/pipeline": name},
-        pod_metadata=m.Metadata(labels={"app.kubernetes.io/part-of": "kubellm", "kubellm/pipeline": name}),
-        security_context=POD_SECURITY, pod_priority_class_name="kubellm-batch",
+        **workflow_fields(name, PARAMS, values, st.kind),
         # compiled for GPUs (-p gpus=N at compile time): queue whole runs on the kubellm-semaphores
         # `gpu` key. Workflow level on purpose: serve keeps its GPU while finetune needs another.
         synchronization=m.Synchronization(semaphores=[m.SemaphoreRef(config_map_key_ref=m.ConfigMapKeySelector(
             name="kubellm-semaphores", key="gpu"))]) if int(values["gpus"]) > 0 else None,
-        metrics=m.Metrics(prometheus=[m.Prometheus(
-            name="kubellm_workflow_duration_seconds", help="Duration of the last kubellm workflow run",
-            labels=[m.MetricLabel(key="pipeline", value=name), m.MetricLabel(key="status", value="{{workflow.status}}")],
-            gauge=m.Gauge(value="{{workflow.duration}}", realtime=False))]),
     ) as wf:
         templates = [memokeys, prepare, harvest, serve, generate, baseline, finetuned, finetune, evaluate]
         with DAG(name="main"):

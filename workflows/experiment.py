@@ -24,11 +24,12 @@ the previous one is stopped. A cluster with more GPUs compiles with `-p max-serv
 
 from __future__ import annotations
 
-from hera.workflows import DAG, Artifact, Container, Env, NoneArchiveStrategy, Parameter, S3Artifact, SecretEnv, Task, Workflow
+from hera.workflows import DAG, Artifact, Container, NoneArchiveStrategy, Parameter, S3Artifact, Task, Workflow
 from hera.workflows import models as m
 
-from workflows.distill import (DATA_MOUNT, METRICS_DIR, MODELS_MOUNT, POD_SECURITY, SCRATCH, SECURITY,
-                               SERVE_PORT, P, _metrics, _res, _retry, _wp, checked_values)
+from workflows.distill import (DATA_MOUNT, METRICS_DIR, MODELS_MOUNT, SECURITY,
+                               SERVE_PORT, API_KEY, P, _model_env, _step, _wp, checked_values,
+                               with_defaults, workflow_fields)
 
 STORES = ("s3", "pvc")
 
@@ -82,35 +83,15 @@ class _Keyed:
 
 
 def _container(name: str, module: str, args: list[str], store: _Keyed, inputs: list, outputs: list,
-               cpu: str = "1", mem: str = "2Gi", models: bool = False, retry: bool = False, env: list | None = None,
-               metrics: dict[str, str] | None = None, deadline: int = 6 * 3600) -> Container:
-    mounts = store.mounts() + ([m.VolumeMount(name="models", mount_path=MODELS_MOUNT)] if models else [])
-    prom = None
-    if metrics:
-        mparams, prom = _metrics(name, metrics)
-        outputs = list(outputs) + mparams
-        args = args + ["--metrics-dir", METRICS_DIR]
-        mounts = mounts + [m.VolumeMount(name="scratch", mount_path=METRICS_DIR)]
-    envs = ([Env(name="KUBELLM_CACHE", value=MODELS_MOUNT), Env(name="HF_HOME", value=f"{MODELS_MOUNT}/hf")]
-            if models else []) + (env or [])
-    return Container(
-        name=name, image=_wp("steps-image"), image_pull_policy="IfNotPresent", command=["python", "-m", module],
-        args=args, inputs=inputs or None, outputs=outputs or None, env=envs or None, volume_mounts=mounts or None,
-        resources=_res(cpu, mem), security_context=SECURITY, metrics=prom,
-        retry_strategy=_retry() if retry else None, active_deadline_seconds=deadline,
-    )
+               cpu: str = "1", mem: str = "2Gi", deadline: int = 6 * 3600, **kw) -> Container:
+    """distill's step container (mounts, metrics, model cache env, retries) with this pipeline's sizes."""
+    return _step(name, module, args, store, inputs, outputs, cpu=cpu, mem=mem, deadline=deadline, **kw)
 
 
 def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: int = SERVE_PORT,
           name: str = "experiment") -> Workflow:
     st = _Keyed(store)
-    values = {k: p.default for k, p in PARAMS.items()}
-    unknown = sorted(set(params or {}) - set(PARAMS))
-    if unknown:
-        raise ValueError(f"unknown experiment parameter(s) {unknown}; valid: {sorted(PARAMS)}")
-    values.update(params or {})
-    api_key = SecretEnv(name="OPENAI_API_KEY", secret_name="kubellm-api-keys", secret_key="openai-api-key",
-                        optional=True)
+    values = with_defaults("experiment", PARAMS, params)
     exp, ts = _wp("experiment"), "{{inputs.parameters.ts}}"
     folder = f"{exp}/{{{{inputs.parameters.slug}}}}/{ts}/{{{{inputs.parameters.study}}}}"
 
@@ -141,7 +122,7 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
         args=["--model", "{{inputs.parameters.model}}", "--host", "0.0.0.0", "--port", str(serve_port),
               "--enable-lora", "false", "--tensor-parallel-size", "{{inputs.parameters.tp}}"],
         inputs=[Parameter(name=k) for k in ("model", "gpus", "tp", "cpu", "memory")],
-        env=[Env(name="KUBELLM_CACHE", value=MODELS_MOUNT), Env(name="HF_HOME", value=f"{MODELS_MOUNT}/hf")],
+        env=_model_env(),
         volume_mounts=[m.VolumeMount(name="models", mount_path=MODELS_MOUNT)],
         readiness_probe=m.Probe(http_get=m.HTTPGetAction(path="/health", port=serve_port),
                                 initial_delay_seconds=20, period_seconds=5, timeout_seconds=5),
@@ -159,16 +140,24 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
 
     # -- the three per-study steps
     common = [Parameter(name=k) for k in ("model", "slug", "ts", "study", "url")]
-    pin, ppath = prepared_input()
-    raw_out, raw_path = st.out("raw", f"{folder}/raw")
-    query = _container(
-        "query", "steps.query",
-        ["--input", f"{ppath}/{{{{inputs.parameters.study}}}}/prompts.jsonl", "--out", raw_path,
-         "--model", "{{inputs.parameters.model}}", "--url", "{{inputs.parameters.url}}",
-         "--concurrency", _wp("concurrency"), "--max-failed-fraction", "1.0",
-         "--csv-name", "{{inputs.parameters.slug}}_{{inputs.parameters.study}}_raw_responses.csv"],
-        st, pin + common, raw_out, retry=True,
-        metrics={"rows": "rows answered", "failed": "rows failed after retries"})
+    def model_calls(step: str, module: str, items: str, out: str, csv: str, metrics: dict[str, str],
+                    models: bool = False) -> Container:
+        """A step that sends one study's prepared rows to the served model and writes them as a CSV."""
+        pin, ppath = prepared_input()
+        outs, path = st.out(out, f"{folder}/{out}")
+        return _container(
+            step, module,
+            ["--input", f"{ppath}/{{{{inputs.parameters.study}}}}/{items}", "--out", path,
+             "--model", "{{inputs.parameters.model}}", "--url", "{{inputs.parameters.url}}",
+             "--concurrency", _wp("concurrency"), "--max-failed-fraction", "1.0",
+             "--csv-name", f"{{{{inputs.parameters.slug}}}}_{{{{inputs.parameters.study}}}}_{csv}.csv"],
+            st, pin + common, outs, models=models, retry=True, metrics=metrics)
+
+    query = model_calls("query", "steps.query", "prompts.jsonl", "raw", "raw_responses",
+                        {"rows": "rows answered", "failed": "rows failed after retries"})
+    probabilities = model_calls("probabilities", "steps.probabilities", "items.jsonl", "probabilities",
+                                "probabilities", {"rows": "items scored", "failed": "items failed after retries"},
+                                models=True)
 
     pin, ppath = prepared_input()
     raw_in, raw_read = st.inp("raw", f"{folder}/raw")
@@ -181,18 +170,7 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
          "--mode", _wp("extract-mode"), "--concurrency", _wp("concurrency"),
          "--csv-name", "{{inputs.parameters.slug}}_{{inputs.parameters.study}}_structured.csv"],
         st, pin + raw_in + common, ext_out,
-        retry=True, env=[api_key], metrics={"rows": "rows extracted and valid", "failed": "rows that stayed invalid"})
-
-    pin, ppath = prepared_input()
-    prob_out, prob_path = st.out("probabilities", f"{folder}/probabilities")
-    probabilities = _container(
-        "probabilities", "steps.probabilities",
-        ["--input", f"{ppath}/{{{{inputs.parameters.study}}}}/items.jsonl", "--out", prob_path,
-         "--model", "{{inputs.parameters.model}}", "--url", "{{inputs.parameters.url}}",
-         "--concurrency", _wp("concurrency"), "--max-failed-fraction", "1.0",
-         "--csv-name", "{{inputs.parameters.slug}}_{{inputs.parameters.study}}_probabilities.csv"],
-        st, pin + common, prob_out, models=True, retry=True,
-        metrics={"rows": "items scored", "failed": "items failed after retries"})
+        retry=True, env=[API_KEY], metrics={"rows": "rows extracted and valid", "failed": "rows that stayed invalid"})
 
     # -- collect: every model's folders -> published CSVs, experiment manifest, report
     if st.kind == "s3":
@@ -212,12 +190,6 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
         cpu="1", mem="2Gi", metrics={"failed": "rows that failed in any step, all models"})
 
     served = "http://{{tasks.serve.ip}}:%d" % serve_port
-    volumes = [m.Volume(name="models", persistent_volume_claim=m.PersistentVolumeClaimVolumeSource(
-        claim_name="kubellm-models"))]
-    if st.kind == "pvc":
-        volumes.append(m.Volume(name="data", persistent_volume_claim=m.PersistentVolumeClaimVolumeSource(
-            claim_name="kubellm-data")))
-    volumes.append(SCRATCH)
 
     def prepared_arg(source: str) -> m.Artifact | Parameter:
         if st.kind == "s3":
@@ -229,17 +201,7 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
         return [Parameter(name=k, value="{{inputs.parameters.%s}}" % k) for k in names]
 
     with Workflow(
-        generate_name=f"{name}-", entrypoint="main", service_account_name="kubellm-workflow",
-        arguments=[Parameter(name=k, value=values[k], description=p.help, enum=list(p.enum) if p.enum else None)
-                   for k, p in PARAMS.items()],
-        volumes=volumes, pod_gc=m.PodGC(strategy="OnPodSuccess"),
-        labels={"app.kubernetes.io/part-of": "kubellm", "kubellm/pipeline": name},
-        pod_metadata=m.Metadata(labels={"app.kubernetes.io/part-of": "kubellm", "kubellm/pipeline": name}),
-        security_context=POD_SECURITY, pod_priority_class_name="kubellm-batch",
-        metrics=m.Metrics(prometheus=[m.Prometheus(
-            name="kubellm_workflow_duration_seconds", help="Duration of the last kubellm workflow run",
-            labels=[m.MetricLabel(key="pipeline", value=name), m.MetricLabel(key="status", value="{{workflow.status}}")],
-            gauge=m.Gauge(value="{{workflow.duration}}", realtime=False))]),
+        **workflow_fields(name, PARAMS, values, st.kind),
     ) as wf:
         prepared_in = prepared_input()[0]
         study_inputs = prepared_in + [Parameter(name=k) for k in ("model", "slug", "ts", "study", "url")]
