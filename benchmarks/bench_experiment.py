@@ -204,6 +204,8 @@ def big_study(tmp: Path, rows: int = 2424) -> Path:
 
 
 def bench_big(url: str, model: str, tmp: Path) -> dict:
+    import yaml
+
     from steps.query import QueryConfig
     from steps.query import run as query
     from steps.study import StudyConfig
@@ -221,7 +223,7 @@ def bench_big(url: str, model: str, tmp: Path) -> dict:
     res = {"csv_rows": counts["csv_rows"], "prompts": counts["prompts"], "expand_s": t1 - t0, "query_wall_s": t2 - t1,
            "rows_per_s": q["rows"] / (t2 - t1), "answered": q["answered"], "failed": q["failed"],
            "completion_tokens": q["completion_tokens"], "tokens_per_s": q["completion_tokens"] / (t2 - t1),
-           "output_csv_rows": csv_rows, "max_tokens": 40}
+           "output_csv_rows": csv_rows, "max_tokens": yaml.safe_load(path.read_text())["sampling"]["max_tokens"]}
     print(f"  big: {res['prompts']} rows in {res['query_wall_s']:.0f} s ({res['rows_per_s']:.2f} rows/s)", file=sys.stderr)
     return res
 

@@ -16,6 +16,38 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def interrupt_when(cmd: list[str], cwd: Path, env: dict, ready, what: str, timeout: float = 900) -> None:
+    """Start a `kubellm run`, press Ctrl-C (SIGINT to its process group) once `ready()` is true, and
+    wait until it has ended with an error."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None and not ready():
+        time.sleep(0.5)
+    assert proc.poll() is None, f"run ended before {what}:\n" + (proc.stdout.read() if proc.stdout else "")
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(timeout=120)
+    assert proc.returncode != 0
+
+
+def port_free(port: int, wait_s: float = 60) -> bool:
+    """Whether nothing listens on the loopback `port` (waiting up to `wait_s` for it to close)."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) != 0:
+                return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(1)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

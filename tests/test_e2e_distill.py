@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, interrupt_when, port_free
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["-p", "num-questions=8", "-p", "heldout-unseen=4", "-p", "heldout-paraphrase=4", "-p", "steps=6",
@@ -35,41 +34,21 @@ def _status(out: Path, node: str) -> dict:
     return json.loads(p.read_text()) if p.exists() else {}
 
 
-def _port_free(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) != 0
-
-
 @pytest.mark.slow
 def test_distill_tiny_interrupt_resume_and_report(tmp_path, cache_dir):
     out = tmp_path / "run"
     port = free_port()
     env = {**os.environ, "KUBELLM_CACHE": str(cache_dir)}
 
-    # 1. start, and interrupt once fine-tuning has made progress
-    proc = subprocess.Popen(_cmd(out, port), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    # 1. start, and interrupt (Ctrl-C in the terminal) once fine-tuning has made progress
     progress = out / "nodes" / "finetune" / "progress"
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline and proc.poll() is None:
-        if progress.exists() and progress.read_text().strip().split("/")[0] not in ("", "0"):
-            break
-        time.sleep(1)
-    assert proc.poll() is None, "run ended before fine-tuning started:\n" + (proc.stdout.read() if proc.stdout else "")
-    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the terminal
-    proc.wait(timeout=120)
-    assert proc.returncode != 0
+    interrupt_when(_cmd(out, port), ROOT, env, lambda: progress.exists() and progress.read_text().strip().split("/")[0]
+                   not in ("", "0"), "fine-tuning started")
     assert _status(out, "generate").get("phase") == "Succeeded"
     assert _status(out, "finetune").get("phase") != "Succeeded"
     assert not (out / "nodes" / "finetune" / "artifacts" / "finetune" / "manifest.json").exists(), \
         "an interrupted fine-tune must not look complete"
-    for _ in range(60):  # the model server is stopped with the run
-        if _port_free(port):
-            break
-        time.sleep(1)
-    assert _port_free(port), "the model server outlived the interrupted run"
+    assert port_free(port), "the model server outlived the interrupted run"
     finished_before = {n: _status(out, n)["finished"] for n in ("harvest", "generate", "answer-baseline")
                        if _status(out, n).get("phase") == "Succeeded"}
 

@@ -1,5 +1,6 @@
 """End to end: the compiled experiment workflow on the local runner with the bundled model, both
-shipped studies cut to 2 rows each. Then the same command again: nothing is redone."""
+shipped studies cut to 2 rows each. The first run is interrupted (Ctrl-C) once a study's query has
+finished; the same command resumes it without redoing finished nodes; a third run redoes nothing."""
 
 from __future__ import annotations
 
@@ -12,15 +13,28 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, interrupt_when, port_free
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _cmd(out: Path, port: int) -> list[str]:
+    return [sys.executable, "-m", "workflows.cli", "run", "experiment", "--out", str(out),
+            "--serve-port", str(port), "-p", "limit=2", "-p", "experiment=e2e"]
+
+
 def _run(out: Path, port: int, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "workflows.cli", "run", "experiment", "--out", str(out),
-                           "--serve-port", str(port), "-p", "limit=2", "-p", "experiment=e2e"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+    return subprocess.run(_cmd(out, port), cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+
+
+def _finished(out: Path) -> dict[str, str]:
+    """Finish time of every node that has succeeded."""
+    done = {}
+    for p in (out / "nodes").iterdir():
+        st = json.loads((p / "status.json").read_text()) if (p / "status.json").exists() else {}
+        if st.get("phase") == "Succeeded":
+            done[p.name] = st.get("finished")
+    return done
 
 
 def _csv(path: Path) -> list[dict]:
@@ -33,8 +47,21 @@ def test_experiment_tiny_layout_files_and_rerun(tmp_path, cache_dir):
     out = tmp_path / "run"
     env = {**os.environ, "KUBELLM_CACHE": str(cache_dir)}
     port = free_port()
+
+    # 1. interrupt once the first study's query has finished (the rest of the model's DAG is running)
+    query0 = out / "nodes" / "model.0.study.0.query" / "status.json"
+    interrupt_when(_cmd(out, port), ROOT, env, lambda: query0.exists() and json.loads(query0.read_text()).get(
+        "phase") == "Succeeded", "the first study's query finished")
+    done = _finished(out)
+    assert "model.0.study.0.query" in done and "collect" not in done and "model" not in done
+    assert port_free(port), "the model server outlived the interrupted run"
+
+    # 2. the same command resumes: finished nodes keep their results, the rest runs (server included)
     first = _run(out, port, env)
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+    after = _finished(out)
+    assert {k: after.get(k) for k in done} == done, "a finished node was redone on resume"
+    assert {"collect", "model.0.serve", "model.0.study.1.query"} <= set(after)
 
     ts = json.loads((out / "nodes" / "plan" / "status.json").read_text())["outputs"]["parameters"]["timestamp"]
     folder = out / "s3" / "e2e" / "smollm2-135m" / ts  # {experiment}/{model}/{timestamp}/
@@ -64,10 +91,7 @@ def test_experiment_tiny_layout_files_and_rerun(tmp_path, cache_dir):
     assert f"report: {report / 'report.md'}" in first.stdout
 
     # the server ran without LoRA and is gone; a re-run redoes nothing and starts no server
-    before = {p.name: json.loads((p / "status.json").read_text()).get("finished") for p in (out / "nodes").iterdir()
-              if (p / "status.json").exists()}
+    before = _finished(out)
     second = _run(out, port, env)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    after = {p.name: json.loads((p / "status.json").read_text()).get("finished") for p in (out / "nodes").iterdir()
-             if (p / "status.json").exists()}
-    assert {k: v for k, v in after.items() if k in before} == before
+    assert _finished(out) == before
