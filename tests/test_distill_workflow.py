@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workflows import cli, distill
+from workflows import cli
 from workflows.lint import lint_workflow
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -27,7 +27,7 @@ from __future__ import annotations
 from hera.workflows import DAG, Artifact, Container, NoneArchiveStrategy, Parameter, S3Artifact, Task, Workflow
 from hera.workflows import models as m
 
-from workflows.distill import (DATA_MOUNT, METRICS_DIR, MODELS_MOUNT, SECURITY,
+from workflows.distill import (DATA_MOUNT, MODELS_MOUNT, SECURITY,
                                SERVE_PORT, API_KEY, P, _model_env, _step, _wp, checked_values,
                                with_defaults, workflow_fields)
 
