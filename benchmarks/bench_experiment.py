@@ -11,7 +11,8 @@ query: the same prompts (study2 rows, chat, greedy, `ignore_eos` so both clients
   its request function `vllm.benchmarks.lib.endpoint_request_func` (what `vllm bench serve` sends,
   streaming chat completions) driven under a semaphore as `vllm bench serve --max-concurrency`
   does: `vllm bench serve` itself dies with SIGILL on this CPU while importing vLLM's kernels for its
-  dataset module, and the request function needs none of that. Rounds alternate the clients.
+  dataset module, and the request function needs none of that. Every round runs all three in a
+  rotating order; the ratios are per round, and their median is reported.
 probabilities: study1's belief questions (11 candidates each) scored one request per context (all
   candidates as a prompt list), one request per candidate (same concurrency), and one candidate at
   a time (the sequential loop).
@@ -102,26 +103,27 @@ def bench_query(url: str, model: str, tmp: Path, n: int, tokens: int, rounds: in
     # unique prompts: vLLM caches prefixes, and a repeated prompt would be cheaper for whoever sends it second
     prompts = [f"(Case {i + 1}.) {p}" for i, p in enumerate(prompts)]
     asyncio.run(run_vllm_client(url, model, prompts[:8], tokens, 8))  # warm-up
-    res: dict[str, list] = {"kubellm_c16": [], "vllm_client_c16": []}
+    # every round measures all three, in a rotating order, so a slow or busy stretch of the machine
+    # hits each of them alike; ratios are taken within a round, then the median over rounds
+    names = ["vllm_client_c16", "kubellm_c16", "kubellm_c1"]
+    res: dict[str, list] = {k: [] for k in names}
+    n_seq = max(8, n // 6)  # the sequential loop is slow: fewer prompts, same tokens per request
     for r in range(rounds):
-        order = ["vllm_client_c16", "kubellm_c16"] if r % 2 == 0 else ["kubellm_c16", "vllm_client_c16"]
-        for name in order:
+        for name in names[r % 3:] + names[:r % 3]:
             # unique per client and round: a prompt the other client just sent would hit vLLM's prefix cache
-            ps = [f"[{name} r{r}] {p}" for p in prompts]
+            ps = [f"[{name} r{r}] {p}" for p in (prompts[:n_seq] if name == "kubellm_c1" else prompts)]
             out = (asyncio.run(run_vllm_client(url, model, ps, tokens, 16)) if name.startswith("vllm")
-                   else run_query(url, model, ps, tokens, 16, tmp))
+                   else run_query(url, model, ps, tokens, 1 if name == "kubellm_c1" else 16, tmp))
             out["tokens_per_s"] = out["output_tokens"] / out["wall_s"]
             res[name].append(out)
-            print(f"  {name}: {out['tokens_per_s']:.1f} tok/s ({out['ok']}/{out['requests']} ok)", file=sys.stderr)
-    seq_prompts = [f"[seq] {p}" for p in prompts[: max(8, n // 4)]]
-    seq = run_query(url, model, seq_prompts, tokens, 1, tmp)
-    seq["tokens_per_s"] = seq["output_tokens"] / seq["wall_s"]
-    print(f"  kubellm_c1: {seq['tokens_per_s']:.1f} tok/s", file=sys.stderr)
-    ours = statistics.median(x["tokens_per_s"] for x in res["kubellm_c16"])
-    theirs = statistics.median(x["tokens_per_s"] for x in res["vllm_client_c16"])
-    return {"prompts": n, "tokens_per_request": tokens, "rounds": res, "sequential_c1": seq,
-            "kubellm_c16_tokens_per_s": ours, "vllm_client_c16_tokens_per_s": theirs,
-            "ratio_vs_vllm_client": ours / theirs, "ratio_vs_sequential": ours / seq["tokens_per_s"]}
+            print(f"  r{r} {name}: {out['tokens_per_s']:.1f} tok/s ({out['ok']}/{out['requests']} ok)", file=sys.stderr)
+    tps = {k: [x["tokens_per_s"] for x in v] for k, v in res.items()}
+    vs_vllm = [a / b for a, b in zip(tps["kubellm_c16"], tps["vllm_client_c16"])]
+    vs_seq = [a / b for a, b in zip(tps["kubellm_c16"], tps["kubellm_c1"])]
+    return {"prompts": n, "sequential_prompts": n_seq, "tokens_per_request": tokens, "rounds": res,
+            "ratio_vs_vllm_client_per_round": vs_vllm, "ratio_vs_sequential_per_round": vs_seq,
+            **{f"{k}_tokens_per_s": statistics.median(v) for k, v in tps.items()},
+            "ratio_vs_vllm_client": statistics.median(vs_vllm), "ratio_vs_sequential": statistics.median(vs_seq)}
 
 
 # ----------------------------------------------------------------------------- probabilities
@@ -236,7 +238,7 @@ def main() -> int:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--prompts", type=int, default=96)
     ap.add_argument("--tokens", type=int, default=48)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--contexts", type=int, default=16)
     a = ap.parse_args()
     only = set(a.only.split(","))
