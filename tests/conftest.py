@@ -34,6 +34,26 @@ def interrupt_when(cmd: list[str], cwd: Path, env: dict, ready, what: str, timeo
     assert proc.returncode != 0
 
 
+def kill_when(cmd: list[str], cwd: Path, env: dict, ready, timeout: float = 60) -> str:
+    """Start a step, SIGKILL it (a lost node: no handler runs) once `ready()` is true, and return
+    its stderr; the caller checks what it left behind."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None and not ready():
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()  # no-op if already dead; never leave it running
+        _, err = proc.communicate(timeout=10)
+    assert proc.returncode == -signal.SIGKILL, f"the step ended before it was killed: {err.decode()[-2000:]}"
+    return err.decode()
+
+
 def port_free(port: int, wait_s: float = 60) -> bool:
     """Whether nothing listens on the loopback `port` (waiting up to `wait_s` for it to close)."""
     import time

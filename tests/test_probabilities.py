@@ -14,6 +14,8 @@ import pytest
 from steps import probabilities as pr
 from steps.client import EndpointError
 
+ROOT = Path(__file__).resolve().parents[1]
+
 # ----------------------------------------------------------------------------- pure maths
 
 
@@ -401,3 +403,39 @@ def test_logprobs_match_a_transformers_forward_pass(scoring_server, smollm2, tmp
     monkeypatch.setattr(client_mod.Client, "post", spy)
     assert pr.run(cfg) == counts and calls == []
     assert len((tmp_path / "out" / "log.jsonl").read_text().splitlines()) == 3
+
+
+def test_killed_step_resumes_without_losing_or_duplicating_rows(scoring_server, cache_dir, tmp_path):
+    """SIGKILL the step mid-run (a node lost on a cluster), then run it again: the rows scored before
+    the kill are kept as they were, the others are scored, and every row is written exactly once."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import kill_when
+
+    n = 30
+    src = write_rows(tmp_path / "items.jsonl", [
+        {"id": f"r{i}", "context": f"Question {i}: is {i} an even number? Answer:", "candidates": [" yes", " no", " maybe"]}
+        for i in range(n)])
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "steps.probabilities", "--input", str(src), "--out", str(out),
+           "--model", scoring_server.model, "--url", scoring_server.base_url, "--concurrency", "1"]
+    env = {**{k: v for k, v in os.environ.items() if k != "ARGO_PROGRESS_FILE"}, "KUBELLM_CACHE": str(cache_dir)}
+    log = out / "log.jsonl"
+    kill_when(cmd, ROOT, env, lambda: log.exists() and log.read_bytes().count(b"\n") >= 5, timeout=120)
+    assert not (out / "manifest.json").exists() and not (out / "probabilities.jsonl").exists()
+    data = log.read_bytes()  # a kill may tear the last line: only newline-terminated lines count
+    before = {r["id"]: r for r in map(json.loads, data[:data.rfind(b"\n") + 1].splitlines())}
+    assert 5 <= len(before) < n, f"the kill did not land mid-run ({len(before)} of {n} rows logged)"
+
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, timeout=300)
+    assert res.returncode == 0, res.stderr.decode()[-2000:]
+    logged = [json.loads(x)["id"] for x in log.read_text().splitlines() if x.strip()]
+    assert sorted(logged) == sorted(f"r{i}" for i in range(n)), "a row was scored twice or not at all"
+    final = [json.loads(x) for x in (out / "probabilities.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in final] == [f"r{i}" for i in range(n)]
+    for r in final:
+        assert r["error"] is None and abs(sum(r["probs"]) - 1) < 1e-6
+        if r["id"] in before:  # kept from before the kill, not asked again
+            assert r["logprobs"] == before[r["id"]]["logprobs"]

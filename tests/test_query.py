@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from tests.conftest import kill_when
 from tests.faultserver import FaultServer, answer_for, fault_server_module, server  # noqa: F401 - fixtures
 
 from steps.query import QueryConfig, run
@@ -177,19 +176,8 @@ def test_killed_subprocess_resumes_without_losing_or_duplicating_rows(server, tm
     cmd = [sys.executable, "-m", "steps.query", "--input", str(tmp_path / "in.jsonl"), "--out", str(out),
            "--url", server.url, "--model", "tiny", "--concurrency", "2", "--timeout-s", "10"]
     env = {k: v for k, v in os.environ.items() if k != "ARGO_PROGRESS_FILE"}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and proc.poll() is None:
-            log = out / "log.jsonl"
-            if log.exists() and log.read_bytes().count(b"\n") >= 8:
-                break
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()  # no-op if already dead; never leave it running
-        _, err = proc.communicate(timeout=10)
-    assert proc.returncode == -signal.SIGKILL, err.decode()[-2000:]
+    log = out / "log.jsonl"
+    kill_when(cmd, REPO, env, lambda: log.exists() and log.read_bytes().count(b"\n") >= 8, timeout=30)
     assert not (out / "manifest.json").exists() and not (out / "answers.jsonl").exists()
     done = {r["id"] for r in read(out / "log.jsonl")}
     assert 8 <= len(done) < n
