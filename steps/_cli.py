@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -30,18 +29,12 @@ def _parse_value(raw: str) -> Any:
 def load_config(cls: type[C], config_file: str | None = None, overrides: dict[str, Any] | None = None) -> C:
     data: dict[str, Any] = {}
     if config_file:
-        import yaml
+        from steps._io import read_yaml_mapping
 
-        path = Path(config_file)
         try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except FileNotFoundError as e:
-            raise SystemExit(f"config file {path} does not exist") from e
-        except yaml.YAMLError as e:
-            raise SystemExit(f"config file {path} is not valid YAML: {e}") from e
-        if not isinstance(loaded, dict):
-            raise SystemExit(f"config file {path} must hold a mapping of {cls.__name__} fields")
-        data.update(loaded)
+            data.update(read_yaml_mapping(config_file, f"{cls.__name__} config file", empty_ok=True))
+        except (OSError, ValueError) as e:
+            raise SystemExit(str(e)) from e
     data.update(overrides or {})
     unknown = sorted(set(data) - set(cls.model_fields))
     if unknown:

@@ -263,3 +263,22 @@ def write_csv(path: str | Path, rows: list[dict[str, Any]], columns: list[str] |
     if columns is None:
         columns = list(dict.fromkeys(k for r in rows for k in r))
     return write_text(path, to_csv(columns, rows))
+
+
+def read_yaml_mapping(path: str | Path, what: str, empty_ok: bool = False) -> dict:
+    """A YAML file that must hold a mapping, e.g. a study or a step config. Errors name the file and
+    say what `what` (e.g. "study file") should be: FileNotFoundError, or ValueError."""
+    import yaml
+
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{what} {path} does not exist") from e
+    except yaml.YAMLError as e:
+        raise ValueError(f"{what} {path} is not valid YAML: {e}") from e
+    if doc is None and empty_ok:
+        return {}
+    if not isinstance(doc, dict):
+        raise ValueError(f"{what} {path} must hold a mapping")
+    return doc

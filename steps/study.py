@@ -32,10 +32,9 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from steps._io import begin_output, sha256_file, to_csv, write_csv, write_json, write_jsonl, write_manifest, write_text  # noqa: F401 - write_csv re-exported
+from steps._io import begin_output, read_yaml_mapping, sha256_file, to_csv, write_csv, write_json, write_jsonl, write_manifest, write_text  # noqa: F401 - write_csv re-exported
 
 # fields this step adds to every expanded row; a CSV column of the same name would be shadowed
 RESERVED = ("id", "row", "state", "repeat", "question", "prompt", "messages", "params", "candidates",
@@ -244,14 +243,7 @@ def load_study(path: str | Path) -> tuple[Study, list[str], list[dict[str, str]]
     from steps.probabilities import parse_candidates
 
     path = Path(path)
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"study file {path} does not exist") from e
-    except yaml.YAMLError as e:
-        raise ValueError(f"study file {path} is not valid YAML: {e}") from e
-    if not isinstance(doc, dict):
-        raise ValueError(f"study file {path} must hold a mapping (name, data, prompt, ...)")
+    doc = read_yaml_mapping(path, "study file")
     try:
         study = Study.model_validate(doc)
     except ValidationError as e:

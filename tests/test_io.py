@@ -216,3 +216,33 @@ def test_progress_never_fails_the_step(tmp_path, monkeypatch):
     Progress(2, "t").advance()
     monkeypatch.delenv("ARGO_PROGRESS_FILE")
     Progress(2, "t").advance()
+
+
+def test_yaml_mapping_errors_name_the_file(tmp_path):
+    from steps._cli import load_config
+    from steps._io import read_yaml_mapping
+
+    class Cfg(BaseModel):
+        n: int = 1
+
+    missing, bad, listy, empty, good = (tmp_path / f for f in ("no.yaml", "bad.yaml", "list.yaml", "empty.yaml", "ok.yaml"))
+    bad.write_text("n: [1,\n")
+    listy.write_text("- 1\n")
+    empty.write_text("")
+    good.write_text("n: 3\n")
+    with pytest.raises(FileNotFoundError, match=r"study file .*no\.yaml does not exist"):
+        read_yaml_mapping(missing, "study file")
+    with pytest.raises(ValueError, match=r"study file .*bad\.yaml is not valid YAML"):
+        read_yaml_mapping(bad, "study file")
+    with pytest.raises(ValueError, match=r"study file .*list\.yaml must hold a mapping"):
+        read_yaml_mapping(listy, "study file")
+    with pytest.raises(ValueError, match=r"empty\.yaml must hold a mapping"):
+        read_yaml_mapping(empty, "study file")
+    # a step's --config: the same checks, as the CLI's exit message; an empty file is no settings
+    for path, match in ((missing, r"Cfg config file .*no\.yaml does not exist"),
+                        (bad, r"Cfg config file .*bad\.yaml is not valid YAML"),
+                        (listy, r"Cfg config file .*list\.yaml must hold a mapping")):
+        with pytest.raises(SystemExit, match=match):
+            load_config(Cfg, str(path))
+    assert load_config(Cfg, str(empty)).n == 1
+    assert load_config(Cfg, str(good)).n == 3
