@@ -5,8 +5,9 @@ vLLM-CPU server (LoRA off, as the experiment serves).
     python -m benchmarks.bench_experiment --only query,probabilities               # skip the 2,424-row run
     python -m benchmarks.bench_experiment --url http://127.0.0.1:8123 --only big   # an already running server
 
-query: the same prompts (study2 rows, chat, greedy, `ignore_eos` so both clients produce exactly
-  `--tokens` tokens per request) sent by steps.query at concurrency 16, by vLLM's own benchmark client
+query: the same kind of requests (study2's system prompt and template over distinct rows of the
+  generated 2,424-row study, chat, greedy, `ignore_eos` so every client produces exactly `--tokens`
+  tokens per request) sent by steps.query at concurrency 16, by vLLM's own benchmark client
   at max concurrency 16, and by steps.query at concurrency 1 (the sequential loop). vLLM's client is
   its request function `vllm.benchmarks.lib.endpoint_request_func` (what `vllm bench serve` sends,
   streaming chat completions) driven under a semaphore as `vllm bench serve --max-concurrency`
@@ -61,59 +62,67 @@ def vllm_request_func():
     return ASYNC_REQUEST_FUNCS["openai-chat"], RequestFuncInput
 
 
-async def run_vllm_client(url: str, model: str, prompts: list[str], tokens: int, concurrency: int) -> dict:
+async def run_vllm_client(url: str, model: str, requests: list[list[dict]], tokens: int, concurrency: int) -> dict:
     import aiohttp
 
     func, Input = vllm_request_func()
     sem = asyncio.Semaphore(concurrency)
     conn = aiohttp.TCPConnector(limit=concurrency, force_close=False)
     async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=6 * 3600)) as session:
-        async def one(p: str):
+        async def one(messages: list[dict]):
             async with sem:
-                inp = Input(prompt=p, api_url=f"{url}/v1/chat/completions", prompt_len=0, output_len=tokens,
-                            model=model, ignore_eos=True, extra_body={"temperature": 0.0})
+                inp = Input(prompt=messages[-1]["content"], chat_messages=messages, api_url=f"{url}/v1/chat/completions",
+                            prompt_len=0, output_len=tokens, model=model, ignore_eos=True, extra_body={"temperature": 0.0})
                 return await func(inp, session=session)
 
         t0 = time.perf_counter()
-        outs = await asyncio.gather(*(one(p) for p in prompts))
+        outs = await asyncio.gather(*(one(m) for m in requests))
         wall = time.perf_counter() - t0
     ok = [o for o in outs if o.success]
-    return {"wall_s": wall, "requests": len(prompts), "ok": len(ok), "output_tokens": sum(o.output_tokens or 0 for o in ok),
+    return {"wall_s": wall, "requests": len(requests), "ok": len(ok), "output_tokens": sum(o.output_tokens or 0 for o in ok),
             "errors": [o.error[:200] for o in outs if not o.success][:3]}
 
 
-def run_query(url: str, model: str, prompts: list[str], tokens: int, concurrency: int, tmp: Path) -> dict:
+def run_query(url: str, model: str, requests: list[list[dict]], tokens: int, concurrency: int, tmp: Path) -> dict:
     from steps.query import QueryConfig, run
 
     src = tmp / "q-in.jsonl"
-    src.write_text("".join(json.dumps({"id": f"p{i}", "messages": [{"role": "user", "content": p}],
+    src.write_text("".join(json.dumps({"id": f"p{i}", "messages": m,
                                        "params": {"temperature": 0.0, "max_tokens": tokens, "ignore_eos": True}}) + "\n"
-                           for i, p in enumerate(prompts)))
+                           for i, m in enumerate(requests)))
     out = tmp / f"q-out-{time.monotonic_ns()}"
     t0 = time.perf_counter()
     counts = run(QueryConfig(input=str(src), out=str(out), model=model, url=url, concurrency=concurrency))
     wall = time.perf_counter() - t0
     shutil.rmtree(out, ignore_errors=True)
-    return {"wall_s": wall, "requests": len(prompts), "ok": counts["answered"], "output_tokens": counts["completion_tokens"]}
+    return {"wall_s": wall, "requests": len(requests), "ok": counts["answered"], "output_tokens": counts["completion_tokens"]}
 
 
 def bench_query(url: str, model: str, tmp: Path, n: int, tokens: int, rounds: int) -> dict:
-    rows = study_rows("study2", tmp)
-    prompts = [r["prompt"] for r in (rows * (n // len(rows) + 1))[:n]]
-    # unique prompts: vLLM caches prefixes, and a repeated prompt would be cheaper for whoever sends it second
-    prompts = [f"(Case {i + 1}.) {p}" for i, p in enumerate(prompts)]
-    asyncio.run(run_vllm_client(url, model, prompts[:8], tokens, 8))  # warm-up
+    # the requests the query step sends for a study (system prompt + filled template), from the
+    # 2,424 distinct rows of the generated study2: each client and round gets rows of its own, so no
+    # request is served from what another client just computed, while what a study's rows really
+    # share (system prompt, chat header, template opening) is cached for all of them alike, as in a run
+    from steps.study import StudyConfig
+    from steps.study import run as expand
+
+    expand(StudyConfig(study=str(big_study(tmp)), out=str(tmp / "q-prep")))
+    rows = [json.loads(line)["messages"] for line in (tmp / "q-prep" / "prompts.jsonl").read_text().splitlines()]
+    n_seq = max(8, n // 6)  # the sequential loop is slow: fewer prompts, same tokens per request
+    need = 8 + rounds * (2 * n + n_seq)
+    if need > len(rows):
+        raise SystemExit(f"--prompts {n} x --rounds {rounds} needs {need} distinct rows; the study has {len(rows)}")
+    take = iter(range(8, need))
+    asyncio.run(run_vllm_client(url, model, rows[:8], tokens, 8))  # warm-up
     # every round measures all three, in a rotating order, so a slow or busy stretch of the machine
     # hits each of them alike; ratios are taken within a round, then the median over rounds
     names = ["vllm_client_c16", "kubellm_c16", "kubellm_c1"]
     res: dict[str, list] = {k: [] for k in names}
-    n_seq = max(8, n // 6)  # the sequential loop is slow: fewer prompts, same tokens per request
     for r in range(rounds):
         for name in names[r % 3:] + names[:r % 3]:
-            # unique per client and round: a prompt the other client just sent would hit vLLM's prefix cache
-            ps = [f"[{name} r{r}] {p}" for p in (prompts[:n_seq] if name == "kubellm_c1" else prompts)]
-            out = (asyncio.run(run_vllm_client(url, model, ps, tokens, 16)) if name.startswith("vllm")
-                   else run_query(url, model, ps, tokens, 1 if name == "kubellm_c1" else 16, tmp))
+            reqs = [rows[next(take)] for _ in range(n_seq if name == "kubellm_c1" else n)]
+            out = (asyncio.run(run_vllm_client(url, model, reqs, tokens, 16)) if name.startswith("vllm")
+                   else run_query(url, model, reqs, tokens, 1 if name == "kubellm_c1" else 16, tmp))
             out["tokens_per_s"] = out["output_tokens"] / out["wall_s"]
             res[name].append(out)
             print(f"  r{r} {name}: {out['tokens_per_s']:.1f} tok/s ({out['ok']}/{out['requests']} ok)", file=sys.stderr)
@@ -121,6 +130,7 @@ def bench_query(url: str, model: str, tmp: Path, n: int, tokens: int, rounds: in
     vs_vllm = [a / b for a, b in zip(tps["kubellm_c16"], tps["vllm_client_c16"])]
     vs_seq = [a / b for a, b in zip(tps["kubellm_c16"], tps["kubellm_c1"])]
     return {"prompts": n, "sequential_prompts": n_seq, "tokens_per_request": tokens, "rounds": res,
+            "workload": "generated study2 rows, the study's system prompt + template, distinct rows per client and round",
             "ratio_vs_vllm_client_per_round": vs_vllm, "ratio_vs_sequential_per_round": vs_seq,
             **{f"{k}_tokens_per_s": statistics.median(v) for k, v in tps.items()},
             "ratio_vs_vllm_client": statistics.median(vs_vllm), "ratio_vs_sequential": statistics.median(vs_seq)}
