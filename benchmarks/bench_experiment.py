@@ -45,11 +45,13 @@ REPO = Path(__file__).resolve().parents[1]
 STUDIES = REPO / "workflows" / "studies"
 
 
-def study_rows(name: str, tmp: Path, limit: int | None = None, kind: str = "prompts.jsonl") -> list[dict]:
+def study_rows(study: str | Path, tmp: Path, limit: int | None = None, kind: str = "prompts.jsonl") -> list[dict]:
+    """Expand a study (a shipped study's name or a YAML path) and read one of its JSONL outputs."""
     from steps.study import StudyConfig, run
 
-    out = tmp / f"prep-{name}"
-    run(StudyConfig(study=str(STUDIES / f"{name}.yaml"), out=str(out), limit=limit))
+    path = Path(study) if str(study).endswith(".yaml") else STUDIES / f"{study}.yaml"
+    out = tmp / f"prep-{path.stem}"
+    run(StudyConfig(study=str(path), out=str(out), limit=limit))
     return [json.loads(line) for line in (out / kind).read_text().splitlines()]
 
 
@@ -106,11 +108,7 @@ def bench_query(url: str, model: str, tmp: Path, n: int, tokens: int, rounds: in
     # 2,424 distinct rows of the generated study2: each client and round gets rows of its own, so no
     # request is served from what another client just computed, while what a study's rows really
     # share (system prompt, chat header, template opening) is cached for all of them alike, as in a run
-    from steps.study import StudyConfig
-    from steps.study import run as expand
-
-    expand(StudyConfig(study=str(big_study(tmp)), out=str(tmp / "q-prep")))
-    rows = [json.loads(line)["messages"] for line in (tmp / "q-prep" / "prompts.jsonl").read_text().splitlines()]
+    rows = [r["messages"] for r in study_rows(big_study(tmp), tmp)]
     n_seq = max(8, n // 6)  # the sequential loop is slow: fewer prompts, same tokens per request
     need = 8 + rounds * (2 * n + n_seq)
     if need > len(rows):
@@ -143,11 +141,8 @@ def bench_blocks(model: str, tmp: Path, n: int, tokens: int, rounds: int, sizes:
     """The same study2 requests (distinct rows per measurement) against one server per KV block size,
     started one after the other: query at concurrency 16 and 1, `rounds` times each."""
     from steps.serve import ServeConfig, serving
-    from steps.study import StudyConfig
-    from steps.study import run as expand
 
-    expand(StudyConfig(study=str(big_study(tmp)), out=str(tmp / "b-prep")))
-    rows = [json.loads(line)["messages"] for line in (tmp / "b-prep" / "prompts.jsonl").read_text().splitlines()]
+    rows = [r["messages"] for r in study_rows(big_study(tmp), tmp)]
     n_seq = max(8, n // 6)
     take = iter(range(len(rows)))
     out: dict = {}

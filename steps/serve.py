@@ -39,7 +39,7 @@ class ServeConfig(BaseModel):
     kv_cache_gb: int = Field(2, description="VLLM_CPU_KVCACHE_SPACE on CPU (GiB)")
     dtype: str | None = Field(None, description="compute dtype (default: float32 without CUDA, auto with it; "
                               "vLLM's CPU default bfloat16 is ~5x slower on CPUs without native bf16)")
-    block_size: int | None = Field(None, description="KV-cache block size in tokens (default: 32 without CUDA, vLLM's own "
+    block_size: int | None = Field(None, ge=1, description="KV-cache block size in tokens (default: 32 without CUDA, vLLM's own "
                                    "choice with it); prompts reuse cached prefixes in whole blocks only")
     seed: int = Field(0, description="engine seed")
     gpu_memory_utilization: float = Field(0.9, description="fraction of GPU memory for the engine (GPU only)")
@@ -59,28 +59,29 @@ def _has_cuda() -> bool:
 
 
 def build_command(cfg: ServeConfig, model_path: str) -> tuple[list[str], dict[str, str]]:
-    eager = cfg.enforce_eager if cfg.enforce_eager is not None else not _has_cuda()
+    cuda = _has_cuda()
+    eager = cfg.enforce_eager if cfg.enforce_eager is not None else not cuda
     cmd = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", model_path,
         "--served-model-name", cfg.served_name or cfg.model,
         "--host", cfg.host, "--port", str(cfg.port),
         "--max-model-len", str(cfg.max_model_len),
-        "--dtype", cfg.dtype or ("auto" if _has_cuda() else "float32"), "--seed", str(cfg.seed),
+        "--dtype", cfg.dtype or ("auto" if cuda else "float32"), "--seed", str(cfg.seed),
     ]
     if eager:
         cmd.append("--enforce-eager")
     # vLLM-CPU's default block is 128 tokens, and its prefix cache reuses whole blocks only: a study's
     # rows share their system prompt and template opening (~60 tokens for study2), which a 128-token
     # block never covers, so every row recomputed it. Prefill is what bounds CPU throughput.
-    block = cfg.block_size or (None if _has_cuda() else 32)
+    block = cfg.block_size or (None if cuda else 32)
     if block and "--block-size" not in cfg.extra_args:
         cmd += ["--block-size", str(block)]
     if cfg.enable_lora:
         cmd += ["--enable-lora", "--max-lora-rank", str(cfg.max_lora_rank)]
         for name, path in cfg.lora_modules.items():
             cmd += ["--lora-modules", f"{name}={path}"]
-    if _has_cuda():
+    if cuda:
         cmd += ["--gpu-memory-utilization", str(cfg.gpu_memory_utilization),
                 "--tensor-parallel-size", str(cfg.tensor_parallel_size)]
     cmd += cfg.extra_args

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import httpx
+import pytest
 
 from steps.serve import ServeConfig, build_command
 
@@ -26,6 +27,8 @@ def test_block_size_from_config_or_extra_args_wins(tmp_path):
     assert _arg(cmd, "--block-size") == "64"
     cmd, _ = build_command(ServeConfig(model="m", extra_args=["--block-size", "128"]), str(tmp_path))
     assert cmd.count("--block-size") == 1 and _arg(cmd, "--block-size") == "128"
+    with pytest.raises(ValueError, match="block_size"):
+        ServeConfig(model="m", block_size=0)
 
 
 def _prefix_hits(url: str) -> float:
@@ -40,9 +43,9 @@ def test_rows_sharing_a_system_prompt_reuse_its_cached_blocks(vllm_server):
     system = "You are a participant in a short study about conversations. Answer briefly and in one sentence."
     opening = "Read the scenario below, then say what the person would answer, in their own words. Scenario: "
     before = _prefix_hits(vllm_server.base_url)
-    for i, scenario in enumerate(["Ana baked a cake for the party.", "Ben read a poem at an open-mic night."]):
+    for scenario in ["Ana baked a cake for the party.", "Ben read a poem at an open-mic night."]:
         r = httpx.post(f"{vllm_server.base_url}/v1/chat/completions", timeout=120, json={
             "model": vllm_server.model, "max_tokens": 1, "temperature": 0,
-            "messages": [{"role": "system", "content": system}, {"role": "user", "content": opening + f"[{i}] " + scenario}]})
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": opening + scenario}]})
         r.raise_for_status()
     assert _prefix_hits(vllm_server.base_url) - before >= 32
