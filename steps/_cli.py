@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any, Callable, Sequence, TypeVar
 
@@ -13,10 +14,22 @@ from pydantic import BaseModel, ValidationError
 C = TypeVar("C", bound=BaseModel)
 
 
-def _parse_value(raw: str) -> Any:
+def _takes_collection(annotation: Any) -> bool:
+    """Whether a field's type accepts a list or mapping (also inside Optional/Union)."""
+    from typing import Union, get_args, get_origin
+    import types
+
+    origin = get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        return any(_takes_collection(a) for a in get_args(annotation))
+    return (origin or annotation) in (list, dict, set, tuple)
+
+
+def _parse_value(raw: str, annotation: Any = list) -> Any:
     # Scalars stay strings (pydantic coerces "20" to an int field, and a str field keeps "007");
-    # `[a, b]` and `{k: v}` are read as YAML so list and mapping fields can be overridden.
-    if raw.strip()[:1] in "[{":
+    # `[a, b]` and `{k: v}` are read as YAML for list and mapping fields only: a str field keeps a
+    # JSON text as it is (plan's `models` takes a JSON list as a string).
+    if raw.strip()[:1] in "[{" and _takes_collection(annotation):
         import yaml
 
         try:
@@ -24,6 +37,11 @@ def _parse_value(raw: str) -> Any:
         except yaml.YAMLError as e:
             raise SystemExit(f"cannot parse {raw!r} as a YAML list/mapping: {e}") from e
     return raw
+
+
+def _annotation(cls: type[BaseModel], name: str) -> Any:
+    field = cls.model_fields.get(name)
+    return field.annotation if field is not None else list  # unknown names are refused by load_config
 
 
 def load_config(cls: type[C], config_file: str | None = None, overrides: dict[str, Any] | None = None) -> C:
@@ -63,19 +81,29 @@ def main(cls: type[C], run: Callable[[C], Any], doc: str | None = None, argv: Se
         help_text = (field.description or "") + (f" [default: {default}]" if default not in (None, "") else "")
         help_text = help_text.replace("%", "%%")  # argparse formats help with %: "100%" must stay text
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=argparse.SUPPRESS, help=help_text)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an input error")
     parser.add_argument("overrides", nargs="*", help="key=value overrides")
     args = vars(parser.parse_args(argv))
     config_file = args.pop("config", None)
+    debug = args.pop("debug", False) or os.environ.get("KUBELLM_DEBUG") == "1"
     over: dict[str, Any] = {}
     for item in args.pop("overrides", []):
         if "=" not in item:
             parser.error(f"override {item!r} must look like key=value")
         k, v = item.split("=", 1)
-        over[k.strip().replace("-", "_")] = _parse_value(v)
+        k = k.strip().replace("-", "_")
+        over[k] = _parse_value(v, _annotation(cls, k))
     for k, v in args.items():
-        over[k] = _parse_value(v) if isinstance(v, str) else v
+        over[k] = _parse_value(v, _annotation(cls, k)) if isinstance(v, str) else v
     cfg = load_config(cls, config_file, over)
-    result = run(cfg)
+    try:
+        result = run(cfg)
+    except (ValueError, FileNotFoundError) as e:
+        # bad input (a study, a CSV, a config value): the message names the file, row or field and
+        # the fix; a traceback would only bury it. Other exceptions are bugs and keep theirs.
+        if debug:
+            raise
+        die(f"{e}\n(run with --debug or KUBELLM_DEBUG=1 for the traceback)")
     if result is not None and isinstance(result, (dict, list)):
         print(json.dumps(result, indent=2, default=str))
     return result

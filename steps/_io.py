@@ -276,7 +276,11 @@ def read_yaml_mapping(path: str | Path, what: str, empty_ok: bool = False) -> di
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{what} {path} does not exist") from e
     except yaml.YAMLError as e:
-        raise ValueError(f"{what} {path} is not valid YAML: {e}") from e
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ValueError(f"{what} {path} is not valid YAML{where}: {problem}; fix the file "
+                         "(quote text that holds ':' '{' or '#')") from e
     if doc is None and empty_ok:
         return {}
     if not isinstance(doc, dict):

@@ -32,12 +32,12 @@ class FinetuneConfig(BaseModel):
     out: str = Field(description="output folder")
     base_model: str = Field(description="student: bundled name, local folder or hub ID")
     method: Literal["lora", "qlora", "full"] = Field("lora", description="lora | qlora | full")
-    r: int = Field(16, description="LoRA rank")
+    r: int = Field(16, ge=1, description="LoRA rank")
     alpha: int = Field(32, description="LoRA alpha")
     dropout: float = Field(0.05, description="LoRA dropout")
     target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGETS),
                                       description="modules that get adapters (attention + MLP projections)")
-    learning_rate: float = Field(2e-4, description="peak learning rate")
+    learning_rate: float = Field(2e-4, gt=0, le=1, description="peak learning rate")
     max_steps: int = Field(100, ge=1, description="optimizer steps")
     batch_size: int = Field(2, ge=1, description="per-device batch size")
     grad_accum: int = Field(2, ge=1, description="gradient accumulation steps (effective batch = batch_size x this)")
@@ -45,7 +45,7 @@ class FinetuneConfig(BaseModel):
     warmup_ratio: float = Field(0.05, description="linear warm-up fraction")
     save_steps: int = Field(25, description="checkpoint every N steps (resume point)")
     threads: int | None = Field(None, description="torch CPU threads (default: all cores)")
-    seed: int = Field(0, description="seed for data order, dropout and init")
+    seed: int = Field(0, ge=0, description="seed for data order, dropout and init")
     metrics_dir: str | None = Field(None, description="write summary numbers here, one file each (Argo output parameters)")
     merge: bool = Field(True, description="also save the adapter merged into the base model")
 

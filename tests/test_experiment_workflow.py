@@ -40,7 +40,8 @@ def test_shape_one_server_at_a_time_and_keyed_outputs():
 
 @pytest.mark.parametrize("params, expected", [
     ({"models": ""}, "the list is empty"), ({"studies": "nope"}, "neither a YAML file nor a bundled study"),
-    ({"max-servers": "0"}, "must be > 0"), ({"node-selector": "[1]"}, "must be a JSON dict"),
+    ({"max-servers": "0"}, "max-servers='0': Input should be greater than or equal to 1"),
+        ({"node-selector": "[1]"}, "node-selector='[1]': Input should be a valid dictionary"),
     ({"extractor-url": "http://x"}, "extractor is empty"), ({"bogus": "1"}, "unknown parameter"),
     ({"extract-mode": "magic"}, "must be one of"),
 ])

@@ -11,12 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import time
 from pathlib import Path
 
 PIPELINES = ("distill", "experiment")
+
 
 
 def _pipeline(name: str):
@@ -42,15 +44,42 @@ def compile_doc(name: str, store: str, params: dict[str, str], serve_port: int |
     try:
         mod.validate_params(params)
         wf = mod.build(store=store, params=params, **({"serve_port": serve_port} if serve_port else {}))
-    except ValueError as e:
+    except (ValueError, OSError) as e:
         raise SystemExit(f"{name}: {e}") from None
     return wf.to_dict()
+
+
+def _refuse_gpus_here(name: str, params: dict[str, str]) -> None:
+    """`kubellm run` runs on this machine: GPUs it does not have are refused before anything starts."""
+    gpus = params.get("gpus", "0")
+    if gpus not in ("0", "") and not shutil.which("nvidia-smi"):
+        raise SystemExit(f"{name}: gpus={gpus}, but this machine has no NVIDIA GPU (no nvidia-smi): run with "
+                         f"-p gpus=0 here, or compile for a cluster with `kubellm compile {name} -p gpus={gpus}`")
+
+
+# Plain scalars that a YAML 1.2 (core schema) parser reads as numbers, booleans or null. PyYAML
+# writes YAML 1.1 and leaves e.g. `2e-4` unquoted, which Go's and other 1.2 parsers read as a float
+# where Argo's schema wants a string.
+YAML12_NON_STRING = re.compile(r"""(?x)^(
+    null|Null|NULL|~|true|True|TRUE|false|False|FALSE
+  | [-+]?[0-9]+ | 0o[0-7]+ | 0x[0-9a-fA-F]+
+  | [-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?
+  | [-+]?\.(inf|Inf|INF) | \.nan|\.NaN|\.NAN
+)$""")
 
 
 def to_yaml(doc: dict) -> str:
     import yaml
 
-    return yaml.safe_dump(doc, sort_keys=False, width=120)
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def text(dumper: yaml.SafeDumper, value: str):
+        style = "'" if YAML12_NON_STRING.match(value) else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+    Dumper.add_representer(str, text)
+    return yaml.dump(doc, Dumper=Dumper, sort_keys=False, width=120)
 
 
 def cmd_compile(a: argparse.Namespace) -> int:
@@ -74,6 +103,7 @@ def cmd_compile(a: argparse.Namespace) -> int:
 def cmd_run(a: argparse.Namespace) -> int:
     t0 = time.monotonic()
     params = _params(a.param)
+    _refuse_gpus_here(a.pipeline, params)
     doc = compile_doc(a.pipeline, a.store, params, a.serve_port)
     out = Path(a.out or f"runs/{a.pipeline}")
     out.mkdir(parents=True, exist_ok=True)
@@ -163,8 +193,10 @@ def cmd_lint(a: argparse.Namespace) -> int:
 def cmd_params(a: argparse.Namespace) -> int:
     mod = _pipeline(a.pipeline)
     for k, p in mod.PARAMS.items():
-        enum = f" (one of {', '.join(p.enum)})" if p.enum else ""
-        print(f"{k:20} {p.default!r:36} {p.help}{enum}")
+        enum = f" (one of {', '.join(p.choices())})" if p.choices() else ""
+        when = " [compile-time: set it with `kubellm compile -p`; the workflow refuses another value at submit]" \
+            if p.compile_time else ""
+        print(f"{k:20} {p.default!r:36} {p.help}{enum}{when}")
     return 0
 
 
@@ -175,8 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("compile", help="render a pipeline to an Argo Workflow YAML")
     c.add_argument("pipeline", choices=PIPELINES)
     c.add_argument("-o", "--output", help="file to write (default: stdout)")
-    c.add_argument("--store", default="s3", choices=("s3", "pvc", "local"),
-                   help="where artifacts live on the cluster (local is refused: use `kubellm run`)")
+    c.add_argument("--store", default="s3", choices=("s3", "pvc"), help="where artifacts live on the cluster")
     c.add_argument("-p", "--param", action="append", default=[], help="key=value default for a workflow parameter")
     c.set_defaults(fn=cmd_compile)
     r = sub.add_parser("run", help="run a pipeline on this machine (the compiled workflow, no cluster)")
@@ -204,8 +235,6 @@ def main(argv: list[str] | None = None) -> int:
     pa.add_argument("pipeline", choices=PIPELINES)
     pa.set_defaults(fn=cmd_params)
     a = ap.parse_args(argv)
-    if getattr(a, "store", None) == "local":
-        raise SystemExit("--store local is for `kubellm run` only: a cluster workflow needs s3 or pvc")
     return a.fn(a)
 
 
