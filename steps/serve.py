@@ -35,10 +35,10 @@ class ServeConfig(BaseModel):
     enable_lora: bool = Field(True, description="serve LoRA adapters beside the base model")
     max_lora_rank: int = Field(16, description="largest adapter rank the server accepts")
     lora_modules: dict[str, str] = Field(default_factory=dict, description="NAME: adapter folder, loaded at start")
-    enforce_eager: bool | None = Field(None, description="skip graph compilation (default: true without CUDA; ~435 s saved per start on CPU)")
+    enforce_eager: bool | None = Field(None, description="skip graph compilation (default: true without CUDA, where compiling makes every start much slower)")
     kv_cache_gb: int = Field(2, description="VLLM_CPU_KVCACHE_SPACE on CPU (GiB)")
     dtype: str | None = Field(None, description="compute dtype (default: float32 without CUDA, auto with it; "
-                              "vLLM's CPU default bfloat16 is ~5x slower on CPUs without native bf16)")
+                              "vLLM's CPU default bfloat16 is emulated, and slower, on CPUs without native bf16; `bench_experiment --only dtype` measures it)")
     block_size: int | None = Field(None, ge=1, description="KV-cache block size in tokens (default: 32 without CUDA, vLLM's own "
                                    "choice with it); prompts reuse cached prefixes in whole blocks only")
     seed: int = Field(0, description="engine seed")
@@ -87,8 +87,8 @@ def build_command(cfg: ServeConfig, model_path: str) -> tuple[list[str], dict[st
     cmd += cfg.extra_args
     env = dict(os.environ)
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.kv_cache_gb))
-    # vLLM-CPU binds its OpenMP threads to all cores but one by default; on a 2-core machine
-    # that halves throughput (measured 19 -> 105 tok/s with float32 and both cores bound)
+    # vLLM-CPU binds its OpenMP threads to all cores but one by default; on a 2-core machine that
+    # leaves one core idle (`bench_experiment --only threads` measures the difference)
     env.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{max((os.cpu_count() or 1) - 1, 0)}")
     env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     if cfg.enable_lora:
