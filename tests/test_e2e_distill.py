@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -90,8 +89,29 @@ def test_distill_tiny_interrupt_resume_and_report(tmp_path, cache_dir):
 
     # 3. nothing left to do: no node runs, no server starts
     done = {n: _status(out, n)["finished"] for n in ("generate", "finetune", "evaluate", "serve")}
-    t0 = time.monotonic()
     r = subprocess.run(_cmd(out, port), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:]
-    assert time.monotonic() - t0 < 60
     assert {n: _status(out, n)["finished"] for n in done} == done, "a finished node was redone"
+
+
+@pytest.mark.slow
+def test_distill_full_finetune_answers_from_the_merged_model(tmp_path, cache_dir):
+    """method=full writes no adapter: a second server serves the merged model and the fine-tuned
+    answers come from it."""
+    out = tmp_path / "full"
+    port = free_port()
+    env = {**os.environ, "KUBELLM_CACHE": str(cache_dir)}
+    cmd = [sys.executable, "-m", "workflows.cli", "run", "distill", "--out", str(out), "--serve-port", str(port),
+           "-p", "method=full", "-p", "num-questions=4", "-p", "heldout-unseen=2", "-p", "heldout-paraphrase=2",
+           "-p", "steps=2", "-p", "answer-tokens=16", "-p", "topics=pods-containers"]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    ft = out / "nodes/finetune/artifacts/finetune"
+    assert (ft / "merged" / "config.json").exists() and not (ft / "adapter").exists()
+    assert _status(out, "serve-finetuned").get("phase") == "Succeeded"
+    ans = [json.loads(line) for line in
+           (out / "nodes/answer-finetuned/artifacts/answers/answers.jsonl").read_text().splitlines()]
+    assert ans and {a["model"] for a in ans} == {"smollm2-135m-ft"} and all(a["answer"] for a in ans)
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["per_question"]) == len(ans)
+    assert port_free(port), "a model server outlived the run"
