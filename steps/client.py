@@ -3,7 +3,8 @@ hosted API. Bounded concurrency, timeouts, retries with exponential backoff and 
 Retry-After honoured, and errors that name the endpoint and the last status.
 
 The API key comes from an environment variable (a Kubernetes Secret on a cluster) and is only
-ever put in the Authorization header: never logged, never written to an artifact.
+ever put in the Authorization header. Servers echo credentials in error bodies (a rejected key, a
+request dump), so every error text passes through `redact` before it is raised, logged or stored.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,11 +22,45 @@ import httpx
 
 RETRYABLE = {408, 409, 425, 429, 500, 502, 503, 504}
 
+REDACTED = "[REDACTED]"
+
+
+def _header_value(m: re.Match) -> str:
+    # keep the scheme ("Bearer", "Basic") so a reader still sees what kind of credential was there;
+    # the result redacts to itself, so text redacted twice reads the same
+    scheme, _, credential = m.group(2).partition(" ")
+    return m.group(1) + (f"{scheme} {REDACTED}" if credential.strip() else REDACTED)
+
+
+_CREDENTIALS: list[tuple[re.Pattern, Any]] = [
+    (re.compile(r"(?i)\b((?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?)([^\r\n\"',;}]+)"), _header_value),
+    (re.compile(r"(?i)\b(bearer\s+)[a-z0-9._~+/=-]{8,}"), r"\1" + REDACTED),
+    (re.compile(r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_-]{8,}"), REDACTED),  # OpenAI style: sk-..., sk-proj-...
+    (re.compile(r"(?i)\b((?:x-)?api[_-]?key[\"']?\s*[:=]\s*[\"']?)[^\s\"',;}\[\]]{8,}"), r"\1" + REDACTED),
+]
+_KEYS_IN_USE: set[str] = set()  # API key values read by Endpoint.headers(), whatever they look like
+
+
+def redact(text: str) -> str:
+    """`text` with credentials replaced by [REDACTED]: Authorization header values, bearer tokens,
+    sk-... keys, api_key values, and any API key this process has sent, verbatim."""
+    for key in sorted(_KEYS_IN_USE, key=len, reverse=True):
+        text = text.replace(key, REDACTED)
+    for pattern, repl in _CREDENTIALS:
+        text = pattern.sub(repl, text)
+    return text
+
+
+def _body(r: httpx.Response, limit: int) -> str:
+    # redact before cutting: a cut through a key would leave a piece too short to be recognised
+    return redact(r.text)[:limit]
+
 
 class EndpointError(RuntimeError):
     """A model endpoint failed for good: after retries, or with a non-retryable status."""
 
     def __init__(self, url: str, status: int | None, attempts: int, detail: str):
+        detail = redact(detail)
         self.url, self.status, self.attempts, self.detail = url, status, attempts, detail
         what = f"HTTP {status}" if status else "no HTTP response"
         super().__init__(f"{url}: {what} after {attempts} attempt(s): {detail}")
@@ -55,6 +91,8 @@ class Endpoint:
             if not key:
                 raise EndpointError(self.base_url, None, 0, f"environment variable {self.api_key_env} is not set "
                                     "(export it, or mount the Kubernetes Secret that holds it)")
+            if len(key) >= 6:  # a shorter value would be replaced inside ordinary words
+                _KEYS_IN_USE.add(key)
             return {"Authorization": f"Bearer {key}"}
         return {}
 
@@ -117,12 +155,12 @@ class Client:
                         else:
                             if isinstance(data, dict) and data.get("choices"):
                                 return Result(data, attempt, time.monotonic() - t0)
-                            detail = f"response has no choices: {str(data)[:200]}"
+                            detail = f"response has no choices: {redact(str(data))[:200]}"
                     elif status in RETRYABLE:
                         retry_after = r.headers.get("retry-after")
-                        detail = r.text[:300]
+                        detail = _body(r, 300)
                     else:
-                        raise EndpointError(url, status, attempt, r.text[:500])
+                        raise EndpointError(url, status, attempt, _body(r, 500))
                 except httpx.TimeoutException as e:
                     status, detail = None, f"timeout after {self.timeout_s:g} s ({type(e).__name__})"
                 except httpx.TransportError as e:
@@ -138,21 +176,6 @@ class Client:
         return await self.post("/completions", {"model": self.endpoint.model, "prompt": prompt, **params})
 
 
-def check_failed(step: str, failed: list[dict], total: int, max_fraction: float, endpoint: Endpoint,
-                 log: str) -> None:
-    """End a step whose failed rows exceed `max_fraction` of `total`, with what to do about it.
-
-    Called before the step's outputs are written: the write-ahead `log` keeps the finished rows,
-    so a re-run only retries the failed ones."""
-    if len(failed) <= max_fraction * total:
-        return
-    first = failed[0]
-    where = f" (row {first['id']!r})" if "id" in first else ""
-    raise SystemExit(f"{step}: {len(failed)} of {total} rows failed against {endpoint.base_url} (model "
-                     f"{endpoint.model}); first error{where}: {first.get('error')}. Finished rows are kept in "
-                     f"{log}; re-run the step to retry only the failed ones.")
-
-
 def load_lora_adapter(base_url: str, name: str, path: str, timeout_s: float = 120.0) -> None:
     """Add an adapter to a running vLLM server (needs VLLM_ALLOW_RUNTIME_LORA_UPDATING=True).
     Loading a name that is already loaded is fine: a retried step must not fail on it."""
@@ -160,7 +183,7 @@ def load_lora_adapter(base_url: str, name: str, path: str, timeout_s: float = 12
     base = base[:-3] if base.endswith("/v1") else base
     r = httpx.post(f"{base}/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path}, timeout=timeout_s)
     if r.status_code != 200 and "already been loaded" not in r.text:
-        raise EndpointError(f"{base}/v1/load_lora_adapter", r.status_code, 1, r.text[:500])
+        raise EndpointError(f"{base}/v1/load_lora_adapter", r.status_code, 1, _body(r, 500))
 
 
 def message_text(data: dict) -> tuple[str, str | None]:

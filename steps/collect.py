@@ -18,8 +18,10 @@ unchanged. This step then
 3. writes `<out>/manifest.json`: models (endpoints, served names, server versions), studies (prompt
    templates, system prompt, sampling, candidates, schema, input hashes), per model x study counts,
    failures, timings, the union of the steps' package versions and the sha256 of every published CSV;
-4. writes `<out>/report.md`, a self-contained `<out>/report.html` (images inline), the PNG figures and
-   `<out>/matrices.json`, the exact numbers behind the figures.
+4. writes `<out>/report.md`, a self-contained `<out>/report.html` (images inline), `<out>/report.json`
+   (the report's tables as records, among them the failed rows per model, study and step as each
+   step's manifest counts them), the PNG figures and `<out>/matrices.json`, the exact numbers behind
+   the figures.
 
 Model slugs: a model name becomes a folder name with `slug()`: `/` -> `--`, `:` -> `-`
 (`google/gemma-2-2b-it` -> `google--gemma-2-2b-it`); the same rule as steps.plan, which names the folders.
@@ -31,11 +33,7 @@ Model slugs: a model name becomes a folder name with `slug()`: `/` -> `--`, `:` 
 
 from __future__ import annotations
 
-import base64
-import html
 import json
-import math
-import re
 import shutil
 import time
 from collections import Counter
@@ -44,7 +42,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from steps.plan import _SLUG, slug  # one naming rule for plan and collect
+from steps.plan import slug  # one naming rule for plan and collect
+from steps.report import plot_expected, plot_grouped_bars, plot_heatmaps, render_html, render_md
 from steps._io import (MANIFEST, Progress, atomic_path, package_versions, read_jsonl, sha256_file, write_json,
                        write_metrics, write_text)
 
@@ -72,6 +71,13 @@ def _name_list(raw: Any, what: str) -> Any:
     return raw
 
 
+def _plain_slug(name: str) -> bool:
+    try:
+        return slug(name) == name  # slug() leaves a plain name as it is and refuses a bad one
+    except ValueError:
+        return False
+
+
 class ModelSpec(BaseModel):
     model_config = ConfigDict(extra="allow")  # endpoint, url, ... are kept in the manifest as given
     name: str = Field(description="model name (bundled name, hub ID, openai:MODEL)")
@@ -88,7 +94,8 @@ class CollectConfig(BaseModel):
     models: list[ModelSpec] = Field(description="models: a JSON list (or comma-separated names); items are names or "
                                     "objects {name, slug, ...}; a missing slug is slug(name), '/' -> '--'")
     studies: list[str] = Field(description="study names: a JSON list or comma-separated, e.g. study1,study2")
-    out: str = Field(description="report folder: manifest.json, report.md, report.html, *.png, matrices.json")
+    out: str = Field(description="report folder: manifest.json, report.md, report.html, report.json, *.png, "
+                     "matrices.json")
     allow_missing: bool = Field(False, description="report without missing or incomplete step folders (recorded as "
                                 "missing) instead of failing")
     metrics_dir: str | None = Field(None, description="write summary numbers here, one file each (Argo output parameters)")
@@ -114,7 +121,7 @@ class CollectConfig(BaseModel):
             raise ValueError("studies is empty; name at least one study")
         for m in self.models:
             m.slug = m.slug or slug(m.name)
-            if not _SLUG.match(m.slug) or m.slug == "report":
+            if not _plain_slug(m.slug):
                 raise ValueError(f"model {m.name!r}: slug {m.slug!r} is not a plain folder name (try {slug(m.name)!r})")
         for what, names in (("model slugs", [m.slug for m in self.models]), ("studies", self.studies)):
             dup = sorted({n for n in names if names.count(n) > 1})
@@ -184,10 +191,27 @@ def _step_common(man: dict, folder: Path, root: Path) -> dict:
     return out
 
 
+def _error(text: Any) -> str:
+    from steps.client import redact  # a row file from elsewhere may still hold a credential
+
+    return redact(str(text))[:300]
+
+
+def failed_counts(man: dict) -> dict:
+    """A step's failed rows as its own manifest counts them: the numbers the step judged itself by
+    against its max_failed_fraction (a row file can be edited; the manifest records the run)."""
+    counts = man.get("counts") or {}
+    out = {"rows": counts.get("rows"), "failed": counts.get("failed"),
+           "max_failed_fraction": (man.get("config") or {}).get("max_failed_fraction")}
+    if isinstance(counts.get("failed_by_reason"), dict):
+        out["failed_by_reason"] = counts["failed_by_reason"]
+    return out
+
+
 def query_summary(rows: list[dict]) -> dict:
     failed = [r for r in rows if r.get("error")]
     return {"rows": len(rows), "answered": len(rows) - len(failed), "failed": len(failed),
-            "failed_rows": [{"id": r.get("id"), "error": str(r["error"])[:300]} for r in failed[:_LIST_CAP]]}
+            "failed_rows": [{"id": r.get("id"), "error": _error(r["error"])} for r in failed[:_LIST_CAP]]}
 
 
 def extract_summary(rows: list[dict], man_counts: dict) -> dict:
@@ -198,7 +222,7 @@ def extract_summary(rows: list[dict], man_counts: dict) -> dict:
                                  for r in failed))
     return {"rows": len(rows), "valid": len(rows) - len(failed), "failed": len(failed), "failed_by_reason": by_reason,
             "mode_used": man_counts.get("mode_used"),
-            "failed_rows": [{"id": r.get("id"), "error": str(r.get("extract_error"))[:300]} for r in failed[:_LIST_CAP]]}
+            "failed_rows": [{"id": r.get("id"), "error": _error(r.get("extract_error"))} for r in failed[:_LIST_CAP]]}
 
 
 def probabilities_summary(rows: list[dict]) -> dict:
@@ -211,7 +235,7 @@ def probabilities_summary(rows: list[dict]) -> dict:
     return {"items": len(rows), "scored": len(ok), "failed": len(failed),
             "mean_coverage": _mean([c for cs in by_q.values() for c in cs]),
             "mean_coverage_by_question": {q: _mean(cs) for q, cs in by_q.items()},
-            "failed_items": [{"id": r.get("id"), "error": str(r["error"])[:300]} for r in failed[:_LIST_CAP]]}
+            "failed_items": [{"id": r.get("id"), "error": _error(r["error"])} for r in failed[:_LIST_CAP]]}
 
 
 def union_versions(manifests: list[dict]) -> dict[str, Any]:
@@ -302,112 +326,7 @@ def question_matrices(q: dict, rows_by_model: dict[str, list[dict]], warnings: l
     return doc
 
 
-# ----------------------------------------------------------------------------- figures (matplotlib, Agg)
-
-
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _colors(n: int) -> list:
-    plt = _plt()
-    cmap = plt.get_cmap("tab10")
-    return [cmap(i % 10) for i in range(n)]
-
-
-def plot_heatmaps(panels: list[tuple[str, list[list[float] | None]]], row_labels: list[str], col_labels: list[str],
-                  title: str, ylabel: str, path: Path) -> None:
-    """One annotated heatmap per model on a shared colour scale (rows with no data stay blank)."""
-    import numpy as np
-
-    plt = _plt()
-    mats = [np.array([[math.nan] * len(col_labels) if r is None else r for r in m], dtype=float) for _, m in panels]
-    top = max([float(np.nanmax(m)) for m in mats if not np.all(np.isnan(m))] or [1.0]) or 1.0
-    ncols = min(len(panels), 2 if len(col_labels) > 6 else 4)  # wide matrices two abreast, small ones four
-    nrows = math.ceil(len(panels) / ncols)
-    cell_w = 0.55 if len(col_labels) > 6 else 0.9
-    fig, axes = plt.subplots(nrows, ncols, squeeze=False, layout="constrained",
-                             figsize=(1.0 + ncols * (1.4 + cell_w * len(col_labels)), 0.5 + nrows * (1.2 + 0.5 * len(row_labels))))
-    im = None
-    for ax, (label, _), m in zip(axes.flat, panels, mats):
-        im = ax.imshow(np.ma.masked_invalid(m), vmin=0.0, vmax=top, cmap="viridis", aspect="auto")
-        for i in range(m.shape[0]):
-            for j in range(m.shape[1]):
-                if not math.isnan(m[i, j]):
-                    ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                            color="black" if m[i, j] > 0.6 * top else "white")
-        ax.set_xticks(range(len(col_labels)), col_labels, fontsize=8, rotation=45 if len(col_labels) > 6 else 0)
-        ax.set_yticks(range(len(row_labels)), row_labels, fontsize=8)
-        ax.set_ylabel(ylabel, fontsize=8)
-        ax.set_title(label, fontsize=9)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.axis("off")
-    fig.suptitle(title, fontsize=10)
-    if im is not None:
-        fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="mean probability")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def plot_expected(models: list[tuple[str, list[list[float]]]], states: list[str], title: str, path: Path) -> None:
-    """Per state, a box (with the points over it) of the items' expected values, one box per model."""
-    import numpy as np
-    from matplotlib.patches import Patch
-
-    plt = _plt()
-    colors = _colors(len(models))
-    width = 0.8 / len(models)
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 + len(states) * (0.4 + 0.3 * len(models))), 3.8))
-    rng = np.random.default_rng(0)  # jitter only; fixed so the figure is reproducible
-    for k, (_, per_state) in enumerate(models):
-        pos = [i - 0.4 + width * (k + 0.5) for i in range(len(states))]
-        data = [vals if vals else [math.nan] for vals in per_state]
-        bp = ax.boxplot(data, positions=pos, widths=width * 0.8, patch_artist=True, showfliers=False,
-                        manage_ticks=False)
-        for box in bp["boxes"]:
-            box.set(facecolor=colors[k], alpha=0.35)
-        for p, vals in zip(pos, per_state):
-            ax.scatter(p + rng.uniform(-width * 0.25, width * 0.25, len(vals)), vals, s=8, color=colors[k], zorder=3)
-    ax.set_xticks(range(len(states)), states)
-    ax.set_xlabel("state")
-    ax.set_ylabel("expected value")
-    ax.set_title(title, fontsize=10)
-    ax.legend(handles=[Patch(color=c, alpha=0.6, label=m) for c, (m, _) in zip(colors, models)], fontsize=7,
-              loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def plot_grouped_bars(groups: list[str], series: list[tuple[str, list[float | None]]], title: str, ylabel: str,
-                      path: Path, notes: list[list[str]] | None = None, ylim: float | None = None) -> None:
-    """Bars per group (x), one per model; `notes` are printed above the bars (e.g. 41/45)."""
-    plt = _plt()
-    colors = _colors(len(series))
-    width = 0.8 / len(series)
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.5 + len(groups) * (0.3 + 0.22 * len(series))), 3.8))
-    for k, (label, ys) in enumerate(series):
-        pos = [i - 0.4 + width * (k + 0.5) for i in range(len(groups))]
-        ax.bar(pos, [0.0 if y is None else y for y in ys], width=width * 0.9, color=colors[k], label=label)
-        for j, (p, y) in enumerate(zip(pos, ys)):
-            if notes:
-                ax.text(p, (y or 0.0), notes[k][j], ha="center", va="bottom", fontsize=7,
-                        rotation=90 if len(series) > 3 else 0)
-    ax.set_xticks(range(len(groups)), groups, rotation=30 if max(len(g) for g in groups) > 6 else 0, ha="right"
-                  if max(len(g) for g in groups) > 6 else "center", fontsize=8)
-    ax.set_ylabel(ylabel)
-    if ylim:
-        ax.set_ylim(0, ylim)
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+# ----------------------------------------------------------------------------- figures
 
 
 def make_figures(matrices: dict, results: dict, models: list[ModelSpec], studies: list[str], out: Path) -> list[dict]:
@@ -475,7 +394,23 @@ def _f(x: Any, digits: int = 3) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}" if isinstance(x, float) else str(x)
 
 
-def report_blocks(doc: dict, figs: list[dict]) -> list[tuple]:
+def report_tables(doc: dict) -> dict[str, list[dict]]:
+    """The report's per model x study tables as records: report.md shows them, report.json holds them.
+    A missing step folder is None."""
+    results, failed = [], []
+    for m in doc["models"]:
+        for s in doc["studies"]:
+            entry = doc["results"][m["slug"]][s]
+            q, e, p = (entry["steps"].get(k) for k in ("query", "extract", "probabilities"))
+            results.append({"model": m["name"], "slug": m["slug"], "study": s, "queried": q and q["rows"],
+                            "extracted_valid": e and e["valid"], "items_scored": p and p["scored"],
+                            "mean_coverage": p and p["mean_coverage"]})
+            failed.append({"model": m["name"], "slug": m["slug"], "study": s,
+                           **{k: entry["failed"].get(k) for k in ("query", "extract", "probabilities")}})
+    return {"results": results, "failed": failed}
+
+
+def report_blocks(doc: dict, tables: dict[str, list[dict]], figs: list[dict]) -> list[tuple]:
     b: list[tuple] = [("h1", f"Experiment {doc['experiment']} ({doc['timestamp']})")]
     b.append(("table", ["model", "slug", "served as", "endpoint", "server version"],
               [[m["name"], m["slug"], ", ".join(m["served_models"]) or "n/a", ", ".join(m["endpoints"]) or "n/a",
@@ -495,18 +430,20 @@ def report_blocks(doc: dict, figs: list[dict]) -> list[tuple]:
     b.append(("h2", "Results per model and study"))
     b.append(("p", "Mean coverage: the share of the model's probability mass that the candidate answers cover "
                    "(low means the model wanted to say something else)."))
-    rows = []
-    for m in doc["models"]:
-        for s in doc["studies"]:
-            st = doc["results"][m["slug"]][s]["steps"]
-            q, e, p = st.get("query"), st.get("extract"), st.get("probabilities")
-            rows.append([m["name"], s,
-                         f"{q['rows']} / {q['failed']}" if q else "missing",
-                         f"{e['valid']} / {e['failed']}" if e else "missing",
-                         f"{p['scored']} / {p['failed']}" if p else "missing",
-                         _f(p["mean_coverage"]) if p else "missing"])
-    b.append(("table", ["model", "study", "queried / failed", "extracted valid / failed", "items scored / failed",
-                        "mean coverage"], rows))
+    b.append(("table", ["model", "study", "queried", "extracted valid", "items scored", "mean coverage"],
+              [[r["model"], r["study"], *("missing" if r[k] is None else _f(r[k]) for k in
+                                          ("queried", "extracted_valid", "items_scored", "mean_coverage"))]
+               for r in tables["results"]]))
+    b.append(("h2", "Failed rows per model and study"))
+    b.append(("p", "As each step's manifest counts them, failed of all rows; a step ends failed when the share is "
+                   "above its max_failed_fraction. Extract's reasons: validation (the replies stayed invalid), "
+                   "endpoint (no answer), no-response (the query step had failed for the row)."))
+    cell = lambda fc: "missing" if fc is None else f"{_f(fc['failed'])} of {_f(fc['rows'])}"  # noqa: E731
+    b.append(("table", ["model", "study", "query", "extract", "extract failed by reason", "probabilities"],
+              [[r["model"], r["study"], cell(r["query"]), cell(r["extract"]),
+                ", ".join(f"{k} {v}" for k, v in ((r["extract"] or {}).get("failed_by_reason") or {}).items() if v)
+                or ("missing" if r["extract"] is None else "none"), cell(r["probabilities"])]
+               for r in tables["failed"]]))
     b.append(("h2", "Figures"))
     for fig in figs:
         b.append(("h3", fig["title"]))
@@ -514,47 +451,6 @@ def report_blocks(doc: dict, figs: list[dict]) -> list[tuple]:
     b.append(("h2", "Published CSVs"))
     b.append(("table", ["file", "sha256"], [[k, v["sha256"]] for k, v in doc["published"].items()]))
     return b
-
-
-def render_md(blocks: list[tuple]) -> str:
-    lines: list[str] = []
-    for blk in blocks:
-        kind = blk[0]
-        if kind in ("h1", "h2", "h3"):
-            lines += ["#" * int(kind[1]) + " " + blk[1], ""]
-        elif kind == "p":
-            lines += [blk[1], ""]
-        elif kind == "ul":
-            lines += [f"- {x}" for x in blk[1]] + [""]
-        elif kind == "table":
-            cell = lambda x: str(x).replace("|", "\\|")  # noqa: E731
-            lines += ["| " + " | ".join(map(cell, blk[1])) + " |", "|" + "---|" * len(blk[1])]
-            lines += ["| " + " | ".join(map(cell, r)) + " |" for r in blk[2]] + [""]
-        elif kind == "img":
-            lines += [f"![{blk[2]}]({blk[1]})", ""]
-    return "\n".join(lines)
-
-
-def render_html(blocks: list[tuple], folder: Path) -> str:
-    e = html.escape
-    parts = []
-    for blk in blocks:
-        kind = blk[0]
-        if kind in ("h1", "h2", "h3", "p"):
-            parts.append(f"<{kind}>{e(blk[1])}</{kind}>")
-        elif kind == "ul":
-            parts.append("<ul>" + "".join(f"<li>{e(str(x))}</li>" for x in blk[1]) + "</ul>")
-        elif kind == "table":
-            head = "".join(f"<th>{e(str(h))}</th>" for h in blk[1])
-            body = "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in r) + "</tr>" for r in blk[2])
-            parts.append(f"<table><tr>{head}</tr>{body}</table>")
-        elif kind == "img":
-            data = base64.b64encode((folder / blk[1]).read_bytes()).decode()
-            parts.append(f"<img alt='{e(blk[2])}' src='data:image/png;base64,{data}'/>")
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:1em auto}table{border-collapse:collapse;margin:.5em 0}"
-             "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px}img{max-width:100%}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{e(blocks[0][1])}</title>"
-            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n")
 
 
 # ----------------------------------------------------------------------------- the step
@@ -594,7 +490,7 @@ def run(cfg: CollectConfig) -> dict:
     for m in cfg.models:
         results[m.slug] = {}
         for s in cfg.studies:
-            entry: dict[str, Any] = {"steps": {}, "published": {}, "timings_s": {},
+            entry: dict[str, Any] = {"steps": {}, "failed": {}, "published": {}, "timings_s": {},
                                      "missing": [x["step"] for x in missing if x["model"] == m.slug and x["study"] == s]}
             for step, (name, kind, data_file) in STEPS.items():
                 if (m.slug, s, step) not in found:
@@ -623,6 +519,12 @@ def run(cfg: CollectConfig) -> dict:
                         "mean_coverage": None}
                     prob_rows[s][m.slug] = rows
                 entry["steps"][name] = {**summary, **_step_common(man, folder, root)}
+                entry["failed"][name] = fc = failed_counts(man)
+                if fc["failed"] is None:
+                    warnings.append(f"{m.slug} {s}: {step}/manifest.json has no failed count; re-run the step")
+                elif rows and fc["failed"] != summary["failed"]:
+                    warnings.append(f"{m.slug} {s}: {step}/manifest.json counts {fc['failed']} failed rows but "
+                                    f"{data_file} holds {summary['failed']}; the failed table shows the manifest's")
                 entry["timings_s"][name] = entry["steps"][name]["wall_s"]
                 progress.advance()
             pc = studies[s][1].get("counts") or {}
@@ -660,7 +562,7 @@ def run(cfg: CollectConfig) -> dict:
 
     matrices = {s: {q["name"]: question_matrices(q, prob_rows[s], warnings, s) for q in study_docs[s]["questions"]}
                 for s in cfg.studies}
-    failed = {name: sum((e["steps"].get(name) or {}).get("failed") or 0 for r in results.values() for e in r.values())
+    failed = {name: sum((e["failed"].get(name) or {}).get("failed") or 0 for r in results.values() for e in r.values())
               for name in ("query", "extract", "probabilities")}
     counts = {"models": len(cfg.models), "studies": len(cfg.studies), "pairs": len(cfg.models) * len(cfg.studies),
               "step_folders": len(found), "missing": len(missing), "published_csvs": len(published),
@@ -675,8 +577,11 @@ def run(cfg: CollectConfig) -> dict:
     with atomic_path(cfg.out, is_dir=True) as tmp:
         write_json(tmp / "matrices.json", matrices)
         figs = make_figures(matrices, results, cfg.models, cfg.studies, tmp)
-        blocks = report_blocks(doc, figs)
+        tables = report_tables(doc)
+        blocks = report_blocks(doc, tables, figs)
         write_text(tmp / "report.md", render_md(blocks))
+        write_json(tmp / "report.json", {"experiment": cfg.experiment, "timestamp": cfg.timestamp, "counts": counts,
+                                         **tables, "missing": missing, "warnings": warnings})
         write_text(tmp / "report.html", render_html(blocks, tmp))
         doc["figures"] = figs
         doc["files"] = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}

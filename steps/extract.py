@@ -5,7 +5,8 @@ extractor model over the OpenAI-compatible chat API, which replies with one JSON
 is validated against the schema (steps.study.schema_model); an invalid reply is sent back with the
 errors and asked for again, up to `attempts` times. Every row ends valid (the schema's fields merged
 onto the row) or failed with its reason; none is dropped. Finished rows go to a write-ahead log, so
-a restarted step only asks for the missing ones (and rows whose endpoint failed).
+a restarted step only asks for the missing ones (and rows whose endpoint failed). When more than
+`max_failed_fraction` of the rows sent failed, the step still writes every output, then exits non-zero.
 
     python -m steps.extract --input runs/exp/query/study1 --schema runs/exp/prepared/study1 \\
         --out runs/exp/extract/study1 --url http://127.0.0.1:8000 --model smollm2-135m \\
@@ -22,7 +23,6 @@ server answers 400 about response_format (recorded as `mode_used` in the manifes
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import random
 import re
@@ -35,7 +35,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from steps._io import JsonlLog, Progress, begin_output, sha256_file, write_jsonl, write_manifest, write_metrics
+from steps._io import Progress, begin_output, sha256_file, write_jsonl, write_manifest, write_metrics
+from steps.rowloop import Job, Send, check_failed, run_jobs
 
 # what this step adds to every row besides the schema's fields; a schema field or input column of
 # the same name would be overwritten, so both are refused up front
@@ -87,8 +88,9 @@ class ExtractConfig(BaseModel):
     retries: int = Field(4, ge=0, description="HTTP retries per request (5xx, 429, timeouts) after the first try")
     metrics_dir: str | None = Field(None, description="write summary numbers here, one file each (Argo output "
                                     "parameters)")
-    max_failed_fraction: float = Field(1.0, ge=0.0, le=1.0, description="fail the step when more rows than this "
-                                       "fraction fail (failed extractions are recorded per row either way)")
+    max_failed_fraction: float = Field(0.05, ge=0.0, le=1.0, description="fail the step (after writing every "
+                                       "output) when more than this fraction of the rows sent to the extractor "
+                                       "failed (rows without a query response are the query step's to count)")
 
 
 # ----------------------------------------------------------------------------- schema and prompts
@@ -172,38 +174,24 @@ class _Mode:
         self.fallback: str | None = None
 
 
-async def extract_all(
-    client: Any,
-    items: list[tuple[str, list[dict], dict]],
-    log: JsonlLog,
-    validator: type[BaseModel],
-    schema: dict,
-    cfg: ExtractConfig,
-    mode: _Mode,
-    progress: Progress | None = None,
-) -> dict[str, dict]:
-    """Extract (key, messages, params) items not yet in `log`, appending each finished row to it.
+def asked_again(row: dict) -> bool:
+    """Whether a logged row is final: rows whose endpoint failed are asked again by the next run; rows
+    whose replies stayed invalid are not: with the same extractor and schema a re-run would only
+    repeat them."""
+    return row.get("failure") != "endpoint"
 
-    Rows whose endpoint failed are logged (visible, counted) and asked again by the next run; rows
-    whose replies stayed invalid are final for the same request: with the same extractor and
-    schema a re-run would only repeat them.
-    """
+
+def extractor(validator: type[BaseModel], schema: dict, cfg: ExtractConfig, mode: _Mode) -> Send:
+    """The coroutine that extracts one row (Job.request: [mode, messages, params]): ask, validate,
+    send an invalid reply back with its errors, up to `cfg.attempts` requests."""
     from steps.client import EndpointError, message_text
     from steps.study import validate_record
 
-    model = getattr(getattr(client, "endpoint", None), "model", None)
-
-    def fingerprint(messages: list[dict], params: dict) -> str:
-        # the same request as a logged row: same extractor, mode, instructions + schema (system
-        # message), response and question (user message), and sampling settings
-        doc = json.dumps([model, cfg.mode, messages, params], sort_keys=True, ensure_ascii=False, default=str)
-        return hashlib.sha256(doc.encode()).hexdigest()[:16]
-
-    async def one(key: str, first: list[dict], params: dict) -> None:
-        t0 = time.monotonic()
+    async def extract(client: Any, job: Job) -> dict:
+        _, first, params = job.request
         messages = list(first)
-        row: dict[str, Any] = {"id": key, "request": fingerprint(first, params), "ok": False, "record": None,
-                               "failure": None, "error": None, "status": None, "raw": None, "mode": None}
+        row: dict[str, Any] = {"ok": False, "record": None, "failure": None, "error": None, "status": None,
+                               "raw": None, "mode": None}
         n = 0
         while n < cfg.attempts:
             n += 1
@@ -244,29 +232,17 @@ async def extract_all(
                 continue
             row.update(ok=True, record=record, failure=None, error=None)
             break
-        row.update(attempts=n, latency_s=round(time.monotonic() - t0, 3))
-        log.append(row)
-        if progress:
-            progress.advance()
+        row["attempts"] = n
+        return row
 
-    todo = [(k, m, p) for k, m, p in items if not (k in log and log.rows[k].get("failure") != "endpoint"
-                                                   and log.rows[k].get("request") == fingerprint(m, p))]
-    if progress:
-        progress.advance(len(items) - len(todo))
-    if todo and mode.auto and mode.current == "structured":
-        # one row first: if the server refuses response_format, the rest are sent in prompt mode
-        # at once instead of a whole burst of requests coming back 400
-        await one(*todo[0])
-        todo = todo[1:]
-    await asyncio.gather(*(one(k, m, p) for k, m, p in todo))
-    return {k: log.rows[k] for k, _, _ in items}
+    return extract
 
 
 # ----------------------------------------------------------------------------- the step
 
 
 def run(cfg: ExtractConfig) -> dict:
-    from steps.client import Client, Endpoint
+    from steps.client import Endpoint, redact
     from steps.query import input_rows
     from steps.study import write_csv
 
@@ -290,7 +266,7 @@ def run(cfg: ExtractConfig) -> dict:
         raise ValueError(f"csv_name {cfg.csv_name!r} must be a plain file name (it is written inside `out`)")
 
     system = system_message(instructions, schema)
-    items: list[tuple[str, list[dict], dict]] = []
+    jobs: list[Job] = []
     no_response: dict[str, dict] = {}
     for i, row in enumerate(rows):
         key = str(row["id"])
@@ -303,7 +279,7 @@ def run(cfg: ExtractConfig) -> dict:
             # extractor about an empty text would only invent a record
             why = f"query error: {row['error']}" if row.get("error") else "the response is empty"
             no_response[key] = {"ok": False, "record": None, "failure": "no-response", "attempts": 0,
-                                "error": f"no response to extract ({why})", "raw": None, "mode": None}
+                                "error": redact(f"no response to extract ({why})"), "raw": None, "mode": None}
             continue
         prompt = row.get(cfg.prompt_field) if cfg.prompt_field else None
         messages = [{"role": "system", "content": system},
@@ -311,26 +287,21 @@ def run(cfg: ExtractConfig) -> dict:
         params: dict[str, Any] = {"temperature": cfg.temperature, "max_tokens": cfg.max_tokens}
         if cfg.temperature > 0:  # a seed only matters when sampling; seeded requests are sampled one by one
             params["seed"] = cfg.seed + i
-        items.append((key, messages, params))
+        jobs.append(Job(key, [cfg.mode, messages, params]))
 
     endpoint = Endpoint.parse(cfg.model, cfg.url, cfg.api_key_env) if cfg.model else \
         Endpoint.parse(cfg.own_model or "", cfg.own_url, None)
     endpoint.headers()  # a missing API key fails here, before the output folder exists
     out = begin_output(cfg.out)
-    log = JsonlLog(out / "log.jsonl")
     progress = Progress(len(rows), f"extract {endpoint.model}")
     progress.advance(len(no_response))
     mode = _Mode(cfg.mode)
-
-    async def go() -> dict[str, dict]:
-        async with Client(endpoint, concurrency=cfg.concurrency, timeout_s=cfg.timeout_s,
-                          max_retries=cfg.retries, backoff_base_s=cfg.backoff_s) as client:
-            return await extract_all(client, items, log, validator, schema, cfg, mode, progress)
-
-    try:
-        results = asyncio.run(go()) if items else {}
-    finally:
-        log.close()
+    # in auto mode one row goes first: if the server refuses response_format, the rest are sent in
+    # prompt mode at once instead of a whole burst of requests coming back 400
+    results = run_jobs(endpoint, jobs, extractor(validator, schema, cfg, mode), out / "log.jsonl", progress,
+                       done=asked_again, first_alone=mode.auto,
+                       concurrency=cfg.concurrency, timeout_s=cfg.timeout_s, max_retries=cfg.retries,
+                       backoff_base_s=cfg.backoff_s)
     results.update(no_response)
 
     merged = []
@@ -344,22 +315,12 @@ def run(cfg: ExtractConfig) -> dict:
     failed = [r for r in merged if not r["extract_ok"]]
     by_reason = Counter(r["extract_failure"] for r in failed)
     sent = [r for r in merged if r["extract_failure"] != "no-response"]
-    if sent and all(r["extract_failure"] == "endpoint" for r in sent):
-        raise SystemExit(f"extract: the extractor never answered: all {len(sent)} rows sent to {endpoint.base_url} "
-                         f"(model {endpoint.model}) failed; first error: {sent[0]['extract_error']}. Check that the "
-                         f"server is up and serves {endpoint.model!r} (GET {endpoint.base_url}/models). Finished rows "
-                         f"are kept in {out / 'log.jsonl'}; re-run the step to retry the others.")
     modes = Counter(r["extract_mode"] for r in sent if r["extract_mode"])
     mode_used = (next(iter(modes)) if len(modes) == 1 else "mixed") if modes else None
     counts = {"rows": len(merged), "valid": len(merged) - len(failed), "failed": len(failed),
               "failed_by_reason": {k: by_reason.get(k, 0) for k in ("validation", "endpoint", "no-response")},
               "attempts": {str(k): v for k, v in sorted(Counter(r["extract_attempts"] for r in merged).items())}}
     write_metrics(cfg.metrics_dir, {"rows": counts["valid"], "failed": counts["failed"]})
-    if len(failed) > cfg.max_failed_fraction * len(merged):
-        raise SystemExit(f"extract: {len(failed)} of {len(merged)} rows failed ({counts['failed_by_reason']}), more "
-                         f"than max_failed_fraction={cfg.max_failed_fraction}; first error: "
-                         f"{failed[0]['extract_error']}. Rows are kept in {out / 'log.jsonl'}; improve the schema's "
-                         "instructions, use a stronger extractor, or raise max_failed_fraction.")
     write_jsonl(out / "extracted.jsonl", merged)
     if cfg.csv_name:
         kept = [c for c in columns if c not in CSV_SKIP]
@@ -369,7 +330,28 @@ def run(cfg: ExtractConfig) -> dict:
                    extra={"endpoint": endpoint.base_url, "extractor_model": endpoint.model, "mode_used": mode_used,
                           "rows_by_mode": dict(modes), "mode_fallback": mode.fallback,
                           "schema_file": str(schema_path), "schema_sha256": sha256_file(schema_path)})
+    check_extracted(sent, counts["failed_by_reason"], cfg.max_failed_fraction, endpoint, out)
     return {**counts, "mode_used": mode_used}
+
+
+def check_extracted(sent: list[dict], by_reason: dict[str, int], max_fraction: float, endpoint: Any,
+                    out: Path) -> None:
+    """check_failed over the rows this step sent: a row without a response is the query step's failure,
+    counted and limited there, so it does not count here a second time."""
+    fixes = []
+    if by_reason["endpoint"]:
+        fixes.append(f"the endpoint failed for {by_reason['endpoint']} row(s): check that the server is up and "
+                     f"serves {endpoint.model!r} (GET {endpoint.base_url}/models), then re-run the step (argo retry): "
+                     "only those rows are sent again")
+    if by_reason["validation"]:
+        fixes.append(f"the replies stayed invalid for {by_reason['validation']} row(s), which is final for the same "
+                     "request: improve the schema's instructions or use a stronger extractor")
+    fixes.append("or raise max_failed_fraction to accept them")
+    if by_reason["no-response"]:
+        fixes.append(f"({by_reason['no-response']} row(s) without a query response are not counted here)")
+    bad = [{"id": r["id"], "error": r["extract_error"]} for r in sent if not r["extract_ok"]]
+    check_failed("extract", bad, len(sent), max_fraction, endpoint, out, what="rows sent to the extractor",
+                 fix="; ".join(fixes))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, field_validator
 
-from steps._io import (JsonlLog, Progress, atomic_path, begin_output, read_jsonl, write_jsonl, write_manifest, write_metrics,
+from steps._io import (JsonlLog, Progress, begin_output, read_jsonl, write_jsonl, write_manifest, write_metrics,
                        write_text)
 
 QUESTION_SYSTEM = "You write short exam questions about Kubernetes from the documentation you are given."
@@ -65,8 +65,6 @@ class GenerateConfig(BaseModel):
                                  description="harvest doc types to ask about (field, kind, section)")
     min_doc_chars: int = Field(80, description="skip documents shorter than this")
     max_doc_chars: int = Field(800, description="truncate documents in prompts to this length")
-    shard: int = Field(0, ge=0, description="this shard's index (fan-out over cycles)")
-    num_shards: int = Field(1, ge=1, description="number of shards the documents are split into")
     question_attempts: int = Field(2, ge=1, description="teacher attempts per question before the template")
     max_tokens: int = Field(128, description="answer length cap")
     concurrency: int = Field(16, description="teacher requests in flight")
@@ -158,8 +156,7 @@ def run(cfg: GenerateConfig) -> dict:
     total = cfg.num_questions + cfg.heldout_unseen
     if cfg.heldout_paraphrase > cfg.num_questions:
         raise ValueError("heldout_paraphrase cannot exceed num_questions (it rephrases training questions)")
-    picked_all = select_docs(docs, cfg.topics, total * cfg.num_shards, cfg)
-    picked = picked_all[cfg.shard::cfg.num_shards]
+    picked = select_docs(docs, cfg.topics, total, cfg)
     # held-out documents are a seeded random sample of the picked ones (a fixed stride would line up
     # with the round-robin over topics and hold out whole topics: 15 topics, stride 5 -> 3 topics)
     held_idx = set(random.Random(cfg.seed + 1).sample(range(len(picked)), min(cfg.heldout_unseen, len(picked))))
@@ -342,21 +339,6 @@ def _fail_on_errors(res: dict[str, dict], endpoint) -> None:
         raise SystemExit(f"generate: {len(bad)} teacher request(s) failed after retries against "
                          f"{endpoint.base_url} (model {endpoint.model}): {bad[0]['error']}. "
                          "Finished rows are kept in log.jsonl; re-run to resume.")
-
-
-def merge(parts: list[str], out: str) -> dict:
-    """Join the shards of a fanned-out generate into one dataset folder."""
-    train, heldout = [], []
-    for p in parts:
-        if not (Path(p) / "manifest.json").exists():
-            raise FileNotFoundError(f"shard {p} is incomplete (no manifest.json)")
-        train += read_jsonl(Path(p) / "train.jsonl")
-        heldout += read_jsonl(Path(p) / "heldout.jsonl")
-    with atomic_path(out, is_dir=True) as tmp:
-        write_jsonl(tmp / "train.jsonl", train)
-        write_jsonl(tmp / "heldout.jsonl", heldout)
-        write_manifest(tmp, "generate.merge", {"parts": parts}, counts={"train": len(train), "heldout": len(heldout)})
-    return {"train": len(train), "heldout": len(heldout)}
 
 
 if __name__ == "__main__":

@@ -33,7 +33,9 @@ beginning of the assistant turn. Rows with `messages` always use it; `chat=true`
 Per context the output holds the summed log-probs, token counts, the softmax over the candidate set
 (`probs`), a length-normalised variant (softmax of log-prob / token count, `probs_norm`), the
 probability mass the set covers (`coverage`), the entropy (nats) and, when every candidate is a
-number ("0%".."100%" -> 0..100, or explicit `values`), the expected value and its std.
+number ("0%".."100%" -> 0..100, or explicit `values`), the expected value and its std. A context
+that failed is written with its error; when more than `max_failed_fraction` of them failed, the
+step still writes every output, then exits non-zero (a re-run scores only the failed ones).
 
     python -m steps.serve --model smollm2-135m --port 8000 --enable-lora false &
     python -m steps.probabilities --input items.jsonl --out probs/ --url http://127.0.0.1:8000 \\
@@ -46,9 +48,6 @@ number ("0%".."100%" -> 0..100, or explicit `values`), the expected value and it
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import json
 import math
 import re
 import time
@@ -58,7 +57,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from steps._io import JsonlLog, Progress, begin_output, write_csv, write_jsonl, write_manifest, write_metrics
+from steps._io import Progress, begin_output, write_csv, write_jsonl, write_manifest, write_metrics
+from steps.rowloop import Job, check_failed, run_jobs
 
 _RANGE = re.compile(r"(-?\d+)\.\.(-?\d+)(?:\.\.(\d+))?")
 _NUMBER = re.compile(r"^\s*([-+]?(?:\d+(?:\.\d*)?|\.\d+))\s*%?\s*$")
@@ -92,7 +92,8 @@ class ProbabilitiesConfig(BaseModel):
     timeout_s: float = Field(120.0, description="per-request timeout")
     retries: int = Field(4, description="retries per request after the first attempt")
     metrics_dir: str | None = Field(None, description="write summary numbers here, one file each (Argo output parameters)")
-    max_failed_fraction: float = Field(0.0, description="fail the step when more rows than this fraction fail")
+    max_failed_fraction: float = Field(0.05, ge=0.0, le=1.0, description="fail the step (after writing every "
+                                       "output) when more than this fraction of the rows failed")
     csv_name: str | None = Field(None, description="also write a wide CSV in `out`: one row per `row` value (a trial), "
                                  "with p_<label>_<candidate> for each of its items plus expected/std/entropy/coverage")
 
@@ -428,44 +429,29 @@ def build_items(rows: list[dict], cfg: ProbabilitiesConfig, src: Path) -> list[d
     return items
 
 
-async def score_all(client: Any, items: list[dict], log: JsonlLog, progress: Progress | None = None) -> dict[str, dict]:
-    """Score the items not yet in `log` (same request fingerprint, no error); log each result."""
+def score_job(it: dict) -> Job:
+    return Job(it["id"], [it["context"], it["candidates"], it["values"], it["add_special_tokens"]], it)
+
+
+async def score(client: Any, job: Job) -> dict:
+    """One context's candidates scored in one request; the row's numbers, or its error (an endpoint
+    failure, or a reply that cannot be scored)."""
     from steps.client import EndpointError
 
-    model = getattr(getattr(client, "endpoint", None), "model", None)
-
-    def fingerprint(it: dict) -> str:
-        doc = json.dumps([model, it["context"], it["candidates"], it["values"], it["add_special_tokens"]],
-                         ensure_ascii=False)
-        return hashlib.sha256(doc.encode()).hexdigest()[:16]
-
-    async def one(it: dict) -> None:
-        t0 = time.monotonic()
-        row: dict[str, Any] = {"id": it["id"], "request": fingerprint(it)}
-        try:
-            scored = await score_tokens(client, it["context"], it["candidates"], it["add_special_tokens"])
-            lps = [s.logprob for s in scored]
-            n = [len(s.tokens) for s in scored]
-            row.update(candidates=it["candidates"], logprobs=lps, n_tokens=n,
-                       tokens=[s.tokens for s in scored], token_logprobs=[s.token_logprobs for s in scored],
-                       merged=[s.merged for s in scored], **summarize(it["candidates"], lps, n, it["values"]),
-                       latency_s=round(time.monotonic() - t0, 3), error=None)
-        except (EndpointError, ValueError) as e:
-            row.update(error=str(e), latency_s=round(time.monotonic() - t0, 3))
-        log.append(row)
-        if progress:
-            progress.advance()
-
-    todo = [it for it in items if not (it["id"] in log and log.rows[it["id"]].get("error") is None
-                                       and log.rows[it["id"]].get("request") == fingerprint(it))]
-    if progress:
-        progress.set(len(items) - len(todo))
-    await asyncio.gather(*(one(it) for it in todo))
-    return {it["id"]: log.rows[it["id"]] for it in items}
+    it = job.payload
+    try:
+        scored = await score_tokens(client, it["context"], it["candidates"], it["add_special_tokens"])
+    except (EndpointError, ValueError) as e:
+        return {"error": str(e)}
+    lps = [s.logprob for s in scored]
+    n = [len(s.tokens) for s in scored]
+    return {"candidates": it["candidates"], "logprobs": lps, "n_tokens": n, "tokens": [s.tokens for s in scored],
+            "token_logprobs": [s.token_logprobs for s in scored], "merged": [s.merged for s in scored],
+            **summarize(it["candidates"], lps, n, it["values"]), "error": None}
 
 
 def run(cfg: ProbabilitiesConfig) -> dict:
-    from steps.client import Client, Endpoint, check_failed
+    from steps.client import Endpoint
     from steps.query import input_rows
 
     t0 = time.monotonic()
@@ -473,18 +459,9 @@ def run(cfg: ProbabilitiesConfig) -> dict:
     items = build_items(rows, cfg, src)
     endpoint = Endpoint.parse(cfg.model, cfg.url, cfg.api_key_env)
     out = begin_output(cfg.out)
-    log = JsonlLog(out / "log.jsonl")
-    progress = Progress(len(items), f"probabilities {endpoint.model}")
-
-    async def go() -> dict[str, dict]:
-        async with Client(endpoint, concurrency=cfg.concurrency, timeout_s=cfg.timeout_s,
-                          max_retries=cfg.retries) as client:
-            return await score_all(client, items, log, progress)
-
-    try:
-        results = asyncio.run(go())
-    finally:
-        log.close()
+    results = run_jobs(endpoint, [score_job(it) for it in items], score, out / "log.jsonl",
+                       Progress(len(items), f"probabilities {endpoint.model}"), concurrency=cfg.concurrency,
+                       timeout_s=cfg.timeout_s, max_retries=cfg.retries)
     merged = []
     for it in items:
         r = results[it["id"]]
@@ -495,7 +472,6 @@ def run(cfg: ProbabilitiesConfig) -> dict:
     counts = {"rows": len(merged), "scored": len(merged) - len(failed), "failed": len(failed),
               "candidates": sum(len(it["candidates"]) for it in items)}
     write_metrics(cfg.metrics_dir, {"rows": counts["scored"], "failed": counts["failed"]})
-    check_failed("probabilities", failed, len(merged), cfg.max_failed_fraction, endpoint, str(out / "log.jsonl"))
     write_jsonl(out / "probabilities.jsonl", merged)
     if cfg.csv_name:
         write_csv(out / cfg.csv_name, wide_rows(merged))
@@ -504,6 +480,7 @@ def run(cfg: ProbabilitiesConfig) -> dict:
                    extra={"endpoint": endpoint.base_url, "served_model": endpoint.model,
                           "boundary_rule": "a candidate's tokens are those whose character span ends after "
                                            "len(context), in the tokenization of context + candidate"})
+    check_failed("probabilities", failed, len(merged), cfg.max_failed_fraction, endpoint, out)
     return counts
 
 

@@ -3,7 +3,9 @@
 Each input row (JSONL, with an `id`) becomes one chat request built from `prompt_field` (or the
 row's own `messages`). Requests run concurrently (bounded), with timeouts and retries; every
 finished row is appended to a write-ahead log, so a restarted step only sends the missing rows.
-The output folder is complete only when its manifest.json exists.
+The output folder is complete only when its manifest.json exists. A row that failed after retries
+is written with its error; when more than `max_failed_fraction` of the rows failed, the step still
+writes every output, then exits non-zero (a re-run sends only the failed rows).
 
     python -m steps.query --input heldout.jsonl --out answers/ --url http://127.0.0.1:8000 \\
         --model smollm2-135m --prompt-field question
@@ -14,16 +16,14 @@ The output folder is complete only when its manifest.json exists.
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import json
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import BaseModel, Field
 
 from steps._io import JsonlLog, Progress, begin_output, read_jsonl, write_csv, write_jsonl, write_manifest, write_metrics
+from steps.rowloop import Job, check_failed, run_jobs, send_all
 
 
 class QueryConfig(BaseModel):
@@ -46,7 +46,8 @@ class QueryConfig(BaseModel):
     timeout_s: float = Field(120.0, description="per-request timeout")
     retries: int = Field(4, description="retries per request after the first attempt")
     metrics_dir: str | None = Field(None, description="write summary numbers here, one file each (Argo output parameters)")
-    max_failed_fraction: float = Field(0.0, description="fail the step when more rows than this fraction fail")
+    max_failed_fraction: float = Field(0.05, ge=0.0, le=1.0, description="fail the step (after writing every "
+                                       "output) when more than this fraction of the rows failed")
     csv_name: str | None = Field(None, description="also write the rows as this CSV in `out` (every input column, "
                                  "then response, model, finish_reason, token counts, latency_s, attempts, error)")
 
@@ -61,53 +62,32 @@ def build_messages(row: dict, prompt_field: str, system_prompt: str | None, wher
     return msgs + [{"role": "user", "content": str(row[prompt_field])}]
 
 
-async def answer_all(
-    client: Any,
-    items: list[tuple[str, list[dict], dict]],
-    log: JsonlLog,
-    progress: Progress | None = None,
-    on_row: Callable[[dict], None] | None = None,
-) -> dict[str, dict]:
-    """Send (key, messages, params) items not yet in `log`; append each result to the log.
+def chat_job(key: str, messages: list[dict], params: dict) -> Job:
+    return Job(key, [messages, params])
 
-    A row that fails after retries is logged with its error (so it is visible and counted) and
-    is retried by the next run, which skips only rows that have an answer.
-    """
+
+async def ask(client: Any, job: Job) -> dict:
+    """One chat request; the row's answer and usage, or its error (logged, counted and asked again by
+    the next run, which skips only the rows that have an answer)."""
     from steps.client import EndpointError, message_text
 
-    model = getattr(getattr(client, "endpoint", None), "model", None)
+    messages, params = job.request
+    try:
+        res = await client.chat(messages, **params)
+    except EndpointError as e:
+        return {"answer": None, "error": str(e), "status": e.status, "attempts": e.attempts}
+    text, finish = message_text(res.data)
+    usage = res.data.get("usage") or {}
+    return {"answer": text, "finish_reason": finish, "attempts": res.attempts,
+            "prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": usage.get("completion_tokens"),
+            "error": None}
 
-    def fingerprint(messages: list[dict], params: dict) -> str:
-        # a logged answer is reused only for the very same request: a re-run into the same folder
-        # with another model, prompt or sampling setting must ask again, not return stale answers
-        doc = json.dumps([model, messages, params], sort_keys=True, ensure_ascii=False, default=str)
-        return hashlib.sha256(doc.encode()).hexdigest()[:16]
 
-    async def one(key: str, messages: list[dict], params: dict) -> None:
-        t0 = time.monotonic()
-        row: dict[str, Any] = {"id": key, "request": fingerprint(messages, params)}
-        try:
-            res = await client.chat(messages, **params)
-            text, finish = message_text(res.data)
-            usage = res.data.get("usage") or {}
-            row.update(answer=text, finish_reason=finish, attempts=res.attempts,
-                       prompt_tokens=usage.get("prompt_tokens"), completion_tokens=usage.get("completion_tokens"),
-                       latency_s=round(time.monotonic() - t0, 3), error=None)
-        except EndpointError as e:
-            row.update(answer=None, error=str(e), status=e.status, attempts=e.attempts,
-                       latency_s=round(time.monotonic() - t0, 3))
-        log.append(row)
-        if progress:
-            progress.advance()
-        if on_row:
-            on_row(row)
-
-    todo = [(k, m, p) for k, m, p in items if not (k in log and log.rows[k].get("error") is None
-                                                   and log.rows[k].get("request") == fingerprint(m, p))]
-    if progress:
-        progress.set(len(items) - len(todo))
-    await asyncio.gather(*(one(k, m, p) for k, m, p in todo))
-    return {k: log.rows[k] for k, _, _ in items}
+async def answer_all(client: Any, items: list[tuple[str, list[dict], dict]], log: JsonlLog,
+                     progress: Progress | None = None) -> dict[str, dict]:
+    """Answer (key, messages, params) items not yet answered in `log` over an open client (steps.generate
+    asks in several rounds on one client and one log)."""
+    return await send_all(client, [chat_job(*it) for it in items], log, ask, progress=progress)
 
 
 def input_rows(input: str, input_file: str) -> tuple[Path, list[dict]]:
@@ -148,11 +128,11 @@ def csv_row(row: dict) -> dict:
 
 
 def run(cfg: QueryConfig) -> dict:
-    from steps.client import Client, Endpoint, check_failed, load_lora_adapter
+    from steps.client import Endpoint, load_lora_adapter
 
     t0 = time.monotonic()
     src, rows = input_rows(cfg.input, cfg.input_file)
-    items = []
+    jobs = []
     for i, row in enumerate(rows):
         msgs = build_messages(row, cfg.prompt_field, cfg.system_prompt, str(src))
         params: dict[str, Any] = {"temperature": cfg.temperature, "max_tokens": cfg.max_tokens}
@@ -162,7 +142,7 @@ def run(cfg: QueryConfig) -> dict:
             if not isinstance(row["params"], dict):
                 raise ValueError(f"{src}: row {row['id']!r}: field 'params' must be a mapping of request settings")
             params = {k: v for k, v in row["params"].items() if v is not None}
-        items.append((str(row["id"]), msgs, params))
+        jobs.append(chat_job(str(row["id"]), msgs, params))
     endpoint = Endpoint.parse(cfg.model, cfg.url, cfg.api_key_env)
     if cfg.lora_path:
         if not cfg.lora_name:
@@ -183,16 +163,8 @@ def run(cfg: QueryConfig) -> dict:
     if cfg.lora_name:
         endpoint.model = cfg.lora_name
     out = begin_output(cfg.out)
-    log = JsonlLog(out / "log.jsonl")
-    progress = Progress(len(items), f"query {endpoint.model}")
-
-    async def go() -> dict[str, dict]:
-        async with Client(endpoint, concurrency=cfg.concurrency, timeout_s=cfg.timeout_s,
-                          max_retries=cfg.retries) as client:
-            return await answer_all(client, items, log, progress)
-
-    results = asyncio.run(go())
-    log.close()
+    results = run_jobs(endpoint, jobs, ask, out / "log.jsonl", Progress(len(jobs), f"query {endpoint.model}"),
+                       concurrency=cfg.concurrency, timeout_s=cfg.timeout_s, max_retries=cfg.retries)
     merged = []
     for row in rows:
         r = results[str(row["id"])]
@@ -204,13 +176,13 @@ def run(cfg: QueryConfig) -> dict:
     counts = {"rows": len(merged), "answered": len(merged) - len(failed), "failed": len(failed),
               "completion_tokens": tokens}
     write_metrics(cfg.metrics_dir, {"rows": counts["answered"], "failed": counts["failed"]})
-    check_failed("query", failed, len(merged), cfg.max_failed_fraction, endpoint, str(out / "log.jsonl"))
     write_jsonl(out / "answers.jsonl", merged)
     if cfg.csv_name:
         write_csv(out / cfg.csv_name, [csv_row(r) for r in merged])
     write_manifest(out, "query", cfg, counts=counts, timings={"wall": wall},
                    packages=["httpx"], extra={"endpoint": endpoint.base_url, "served_model": endpoint.model,
                                                "tokens_per_s": tokens / wall if wall else None})
+    check_failed("query", failed, len(merged), cfg.max_failed_fraction, endpoint, out)
     return counts
 
 

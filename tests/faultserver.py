@@ -9,24 +9,32 @@ scripts the reply text (used by steps that parse what a model says, e.g. steps.e
     srv.responder = lambda body: "..."     # content for any other request, computed from its body
     srv.reject_response_format = True      # a request with `response_format` gets vLLM's 400
 
+A completions request with `echo` and `logprobs` (steps.probabilities' scoring request) gets, per
+prompt in its `prompt` list, the prompt's tokens (words with their leading space, spaces,
+punctuation) and their log-probs: None for the first token, then -len(token)/10; nothing is
+generated when `max_tokens` is 0.
+
 A reply script matches on the request's whole text (every message's content, or the prompt), so it
 keeps matching a conversation that grows (a retry that appends the previous reply and an error).
 Faults are scripted three ways, checked in this order for every completion request:
 
     srv.fail("question 3", "500", "429")   # this prompt's next calls get these faults, then succeed
     srv.always["question 4"] = "500"       # this prompt fails every time until the entry is removed
+    srv.always_containing["FAIL"] = "400"  # every request whose text (request_text) contains it fails
     srv.always_fail = "500"                # every completion request fails
     srv.fail_next("503", "503")            # the next calls, whatever their prompt
 
 Fault kinds (FAULTS): HTTP 500 / 503 / 400, 429 with `Retry-After: 1`, "sleep" (answer after
 `sleep_s`, longer than a client timeout), "malformed" (`{"choices": [`), "truncated" (the body stops
 half-way and the connection closes) and "nochoices" (200 without choices). `delay_s` slows every
-request down. Every request is recorded (`requests`, `counts` per prompt, `max_in_flight`).
+request down. Every request is recorded (`requests`, `counts` per prompt, `max_in_flight`). `error_message` replaces
+the message of the injected HTTP errors, e.g. with one that echoes credentials back.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections import Counter, defaultdict, deque
@@ -53,6 +61,25 @@ def request_text(body: dict) -> str:
     if "messages" in body:
         return "\n".join(str(m.get("content", "")) for m in body.get("messages") or [])
     return str(body.get("prompt", ""))
+
+
+def echo_tokens(text: str) -> list[str]:
+    return re.findall(r" ?\w+|\s+|[^\w\s]", text)
+
+
+def echo_choices(body: dict) -> list[dict]:
+    """A scoring reply: every prompt echoed with a log-prob per token (none for the first one), and
+    one generated token after it when `max_tokens` asks for one."""
+    prompts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
+    choices = []
+    for i, p in enumerate(prompts):
+        tokens = echo_tokens(str(p))
+        lps: list[float | None] = [None] + [-len(t) / 10 for t in tokens[1:]]
+        if body.get("max_tokens"):
+            tokens, lps = tokens + [" gen"], lps + [-1.0]
+        choices.append({"index": i, "text": "".join(tokens), "finish_reason": "length",
+                        "logprobs": {"tokens": tokens, "token_logprobs": lps}})
+    return choices
 
 
 @dataclass
@@ -84,6 +111,8 @@ class FaultServer:
             self.scripts: dict[str, deque[str]] = defaultdict(deque)
             self.next_faults: deque[str] = deque()
             self.always: dict[str, str] = {}
+            self.always_containing: dict[str, str] = {}
+            self.error_message: str | None = None
             self.always_fail: str | None = None
             self.delay_s = 0.0
             self.sleep_s = 2.0
@@ -164,12 +193,15 @@ class FaultServer:
             responder = self.responder
         return responder(body) if responder else answer_for(prompt)
 
-    def _pick_fault(self, prompt: str) -> str | None:
+    def _pick_fault(self, prompt: str, text: str = "") -> str | None:
         with self._lock:
             if self.scripts.get(prompt):
                 return self.scripts[prompt].popleft()
             if prompt in self.always:
                 return self.always[prompt]
+            for part, fault in self.always_containing.items():
+                if part in text:
+                    return fault
             if self.always_fail:
                 return self.always_fail
             if self.next_faults:
@@ -228,7 +260,7 @@ class _Handler(BaseHTTPRequestHandler):
             if srv.reject_response_format and "response_format" in body:
                 req.fault = fault = "response_format"  # refused up front, as vLLM validates requests
             else:
-                req.fault = fault = srv._pick_fault(prompt)
+                req.fault = fault = srv._pick_fault(prompt, request_text(body))
             if fault == "sleep":
                 wake.wait(srv.sleep_s)
         finally:
@@ -243,11 +275,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(400, {"error": {"message": RESPONSE_FORMAT_REJECTED, "type": "BadRequestError",
                                        "param": "response_format", "code": 400}})
             return
+        message = self.fault_server.error_message
         if fault in ("500", "503", "400"):
-            self._send(int(fault), {"error": {"message": f"injected fault {fault}", "code": int(fault)}})
+            self._send(int(fault), {"error": {"message": message or f"injected fault {fault}", "code": int(fault)}})
             return
         if fault == "429":
-            self._send(429, {"error": {"message": "rate limited"}}, headers={"Retry-After": "1"})
+            self._send(429, {"error": {"message": message or "rate limited"}}, headers={"Retry-After": "1"})
             return
         if fault == "malformed":
             self._send(200, b'{"choices": [')
@@ -255,18 +288,24 @@ class _Handler(BaseHTTPRequestHandler):
         if fault == "nochoices":
             self._send(200, {"id": "cmpl-x", "object": "chat.completion", "model": body.get("model")})
             return
-        text = self.fault_server._reply_text(prompt, body, consume=fault != "truncated")
-        choice: dict[str, Any] = {"index": 0, "finish_reason": "stop", "logprobs": None}
-        if path == "/v1/chat/completions":
-            choice["message"] = {"role": "assistant", "content": text}
-            kind = "chat.completion"
-        else:
-            choice["text"] = text
+        if path == "/v1/completions" and body.get("echo") and body.get("logprobs") is not None:
+            choices = echo_choices(body)
+            text = "".join(c["text"] for c in choices)
             kind = "text_completion"
+        else:
+            text = self.fault_server._reply_text(prompt, body, consume=fault != "truncated")
+            choice: dict[str, Any] = {"index": 0, "finish_reason": "stop", "logprobs": None}
+            if path == "/v1/chat/completions":
+                choice["message"] = {"role": "assistant", "content": text}
+                kind = "chat.completion"
+            else:
+                choice["text"] = text
+                kind = "text_completion"
+            choices = [choice]
         usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": len(text.split())}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         doc = {"id": f"cmpl-{time.monotonic_ns()}", "object": kind, "created": int(time.time()),
-               "model": body.get("model"), "choices": [choice], "usage": usage}
+               "model": body.get("model"), "choices": choices, "usage": usage}
         if fault == "truncated":
             data = json.dumps(doc).encode()
             self._send(200, data, cut=len(data) // 2)

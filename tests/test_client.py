@@ -8,7 +8,7 @@ import time
 import pytest
 from tests.faultserver import FaultServer, answer_for, fault_server_module, server  # noqa: F401 - fixtures
 
-from steps.client import Client, Endpoint, EndpointError, load_lora_adapter, message_text
+from steps.client import Client, Endpoint, EndpointError, load_lora_adapter, message_text, redact
 
 FAST = {"backoff_base_s": 0.01, "backoff_max_s": 0.05}  # retries without waiting
 
@@ -134,6 +134,34 @@ def test_api_key_is_not_in_errors(server, monkeypatch):
     with pytest.raises(EndpointError) as e:
         chat(server, "k", ep=endpoint(server, api_key_env="KUBELLM_TEST_KEY"), max_retries=0)
     assert "sk-test" not in str(e.value) and "sk-test" not in repr(e.value.__dict__)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('{"message": "Incorrect API key provided: sk-proj-AbC123xyz_-987"}',
+     '{"message": "Incorrect API key provided: [REDACTED]"}'),
+    ("{'authorization': 'Bearer abc.def-ghi_123', 'x': 1}", "{'authorization': 'Bearer [REDACTED]', 'x': 1}"),
+    ("Authorization: Basic dXNlcjpwYXNz\nnext line", "Authorization: Basic [REDACTED]\nnext line"),
+    ("token was bearer 0123456789abcdef, try again", "token was bearer [REDACTED], try again"),
+    ('{"api_key": "k-0123456789", "api_key_env": "OPENAI_API_KEY"}',
+     '{"api_key": "[REDACTED]", "api_key_env": "OPENAI_API_KEY"}'),
+    ("sk-short task-management sk-learn", "sk-short task-management sk-learn"),  # not keys
+    ("HTTP 500 after 3 attempt(s): injected fault 500", "HTTP 500 after 3 attempt(s): injected fault 500"),
+], ids=["sk-proj", "bearer-header", "basic-header", "bare-bearer", "api-key-field", "not-keys", "plain"])
+def test_redact_credentials(text, expected):
+    assert redact(text) == expected
+    assert redact(expected) == expected  # redacted text stays as it is
+
+
+def test_the_key_in_use_is_redacted_verbatim_from_errors(server, monkeypatch):
+    key = "plain-looking-secret-42"  # no sk- prefix: only knowing the key in use finds it
+    monkeypatch.setenv("KUBELLM_TEST_KEY", key)
+    server.always_fail = "400"
+    server.error_message = f"key {key} is not allowed; Authorization: Bearer {key}"
+    with pytest.raises(EndpointError) as e:
+        chat(server, "k", ep=endpoint(server, api_key_env="KUBELLM_TEST_KEY"), max_retries=0)
+    assert key not in str(e.value) and key not in e.value.detail
+    assert "key [REDACTED] is not allowed; Authorization: Bearer [REDACTED]" in str(e.value)
+    assert redact(f"later text naming {key}") == "later text naming [REDACTED]"
 
 
 def test_endpoint_parse():

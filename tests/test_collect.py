@@ -289,8 +289,47 @@ def test_report_links_and_embeds_every_figure(collected):
     for name in pngs:
         assert f"]({name})" in md
     assert page.count("src='data:image/png;base64,") == len(pngs) and ".png'" not in page
-    assert "| org/model-b | study1 | 3 / 1 | 1 / 2 | 14 / 1 |" in md
+    assert "| org/model-b | study1 | 3 | 1 | 14 | 0.557 |" in md
     assert "Missing" not in md
+
+
+def test_failed_rows_per_model_and_study_in_report_md_and_json(collected):
+    out, man = collected["out"], collected["manifest"]
+    md = (out / "report.md").read_text()
+    table = md[md.index("## Failed rows per model and study"):md.index("## Figures")]
+    assert "| model | study | query | extract | extract failed by reason | probabilities |" in table
+    assert "| smollm2-135m | study1 | 0 of 3 | 0 of 3 | none | 0 of 15 |" in table
+    assert "| smollm2-135m | study2 | 0 of 3 | 1 of 3 | validation 1 | 0 of 3 |" in table
+    assert "| org/model-b | study1 | 1 of 3 | 2 of 3 | no-response 1, validation 1 | 1 of 15 |" in table
+    assert "Failed rows per model and study" in (out / "report.html").read_text()
+
+    report = json.loads((out / "report.json").read_text())
+    assert report["experiment"] == "exp1" and report["counts"] == man["counts"]
+    b1 = next(r for r in report["failed"] if r["slug"] == B and r["study"] == "study1")
+    assert b1 == {"model": "org/model-b", "slug": B, "study": "study1",
+                  "query": {"rows": 3, "failed": 1, "max_failed_fraction": 0.5},
+                  "extract": {"rows": 3, "failed": 2, "max_failed_fraction": None,
+                              "failed_by_reason": {"no-response": 1, "validation": 1}},
+                  "probabilities": {"rows": 15, "failed": 1, "max_failed_fraction": None}}
+    assert len(report["failed"]) == len(report["results"]) == 4
+    assert man["results"][B]["study1"]["failed"] == {k: b1[k] for k in ("query", "extract", "probabilities")}
+    assert "report.json" in man["files"]
+
+
+def test_failed_counts_come_from_the_step_manifests(tmp_path):
+    root, prepared = build(tmp_path)
+    raw = root / "smollm2-135m" / TS / "study2" / "raw"
+    man = json.loads((raw / "manifest.json").read_text())
+    man["counts"].update(answered=1, failed=2)  # what the step counted when it ran, whatever the rows say now
+    (raw / "manifest.json").write_text(json.dumps(man))
+    counts = collect.run(config(root, prepared, tmp_path / "report"))
+    assert counts["query_failed"] == 1 + 2
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    row = next(r for r in report["failed"] if r["slug"] == "smollm2-135m" and r["study"] == "study2")
+    assert row["query"] == {"rows": 3, "failed": 2, "max_failed_fraction": 0.5}
+    assert "| smollm2-135m | study2 | 2 of 3 |" in (tmp_path / "report" / "report.md").read_text()
+    assert report["warnings"] == ["smollm2-135m study2: raw/manifest.json counts 2 failed rows but answers.jsonl "
+                                  "holds 0; the failed table shows the manifest's"]
 
 
 def test_missing_or_incomplete_step_folders_are_named_before_anything_is_written(tmp_path):
@@ -331,7 +370,9 @@ def test_allow_missing_records_and_reports_them(tmp_path):
     assert B not in json.loads((out / "matrices.json").read_text())["study2"]["reply"]["models"]
     md = (out / "report.md").read_text()
     assert "## Missing step outputs" in md and str(root / B / TS / "study2" / "probabilities") in md
-    assert "| org/model-b | study2 | 3 / 0 | 2 / 1 | missing | missing |" in md
+    assert "| org/model-b | study2 | 3 | 2 | missing | missing |" in md
+    assert "| org/model-b | study2 | 0 of 3 | 1 of 3 | validation 1 | missing |" in md
+    assert json.loads((out / "report.json").read_text())["failed"][-1]["probabilities"] is None
 
 
 def test_a_csv_changed_after_its_step_is_refused(tmp_path):

@@ -165,7 +165,7 @@ def test_out_of_range_value_on_every_attempt_is_a_failed_row_not_a_dropped_one(s
     server.responder = responder
     wrong = json.dumps({**record(2), "Prior_A": 7})
     server.replies["[r2]"] = deque([wrong] * 3)
-    counts = run(config(server, tmp_path, csv_name="s.csv"))
+    counts = run(config(server, tmp_path, csv_name="s.csv", max_failed_fraction=0.25))
     assert counts["valid"] == 3 and counts["failed"] == 1
     assert counts["failed_by_reason"] == {"validation": 1, "endpoint": 0, "no-response": 0}
     assert counts["attempts"] == {"1": 3, "3": 1}
@@ -234,11 +234,12 @@ def test_auto_mode_falls_back_to_prompt_when_response_format_is_rejected(server,
 def test_structured_mode_on_a_server_without_response_format_fails_with_the_fix(server, tmp_path):
     setup(tmp_path, query_rows(2))
     server.reject_response_format = True
-    with pytest.raises(SystemExit, match=r"never answered: all 2 rows .* HTTP 400 .* does not accept "
-                                         r"response_format; use mode=auto or prompt"):
+    with pytest.raises(SystemExit, match=r"extract: 2 of 2 rows sent to the extractor failed .* HTTP 400 .* does not "
+                                         r"accept response_format; use mode=auto or prompt"):
         run(config(server, tmp_path, mode="structured"))
     assert len(server.completions()) == 2  # a 400 is not retried
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["log.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["extracted.jsonl", "log.jsonl", "manifest.json"]
+    assert manifest(tmp_path)["counts"]["failed_by_reason"] == {"validation": 0, "endpoint": 2, "no-response": 0}
 
 
 def test_query_rows_without_a_response_fail_without_a_request(server, tmp_path):
@@ -266,9 +267,17 @@ def test_restart_asks_only_for_rows_whose_endpoint_failed(server, tmp_path):
     server.responder = responder
     server.always[response(3)] = "500"  # this row's endpoint fails on every try
     server.replies["[r1]"] = deque(["not json"] * 2)  # this row's replies stay invalid
-    cfg = config(server, tmp_path, retries=1, attempts=2)
-    counts = run(cfg)
-    assert counts["failed_by_reason"] == {"validation": 1, "endpoint": 1, "no-response": 0}
+    cfg = config(server, tmp_path, retries=1, attempts=2, max_failed_fraction=0.25, csv_name="s.csv")
+    with pytest.raises(SystemExit) as e:  # 2 of 5 failed: more than 25%
+        run(cfg)
+    msg = str(e.value)
+    assert msg.startswith("extract: 2 of 5 rows sent to the extractor failed against ")
+    assert "the endpoint failed for 1 row(s): check that the server is up" in msg
+    assert "the replies stayed invalid for 1 row(s), which is final" in msg
+    # the outputs are written all the same, every row in them
+    m = manifest(tmp_path)
+    assert m["counts"]["failed_by_reason"] == {"validation": 1, "endpoint": 1, "no-response": 0}
+    assert set(m["files"]) == {"extracted.jsonl", "log.jsonl", "s.csv"}
     first = read(tmp_path / "out" / "extracted.jsonl")
     assert first[3]["extract_failure"] == "endpoint" and "HTTP 500 after 2 attempt(s)" in first[3]["extract_error"]
     assert first[1]["extract_error"] == "the reply holds no JSON object (no `{` in it)"
@@ -276,7 +285,7 @@ def test_restart_asks_only_for_rows_whose_endpoint_failed(server, tmp_path):
 
     server.always.clear()  # the endpoint is fixed
     before = len(server.completions())
-    counts = run(cfg)
+    counts = run(cfg)  # 1 of 5 invalid: within 25%
     again = server.completions()[before:]
     assert [request_text(r.body).count("[r3]") for r in again] == [1]  # that row, once; the invalid one is final
     assert counts["valid"] == 4 and counts["failed_by_reason"]["endpoint"] == 0
@@ -284,7 +293,7 @@ def test_restart_asks_only_for_rows_whose_endpoint_failed(server, tmp_path):
     assert [r["id"] for r in out] == [r["id"] for r in rows]  # none duplicated
     assert out[3]["extract_ok"] and {f: out[3][f] for f in FIELDS1} == record(3)
     assert out[:3] + out[4:] == first[:3] + first[4:]
-    assert (tmp_path / "out" / "manifest.json").exists()
+    assert manifest(tmp_path)["counts"]["failed"] == 1
 
     before = len(server.completions())
     run(cfg)  # a finished folder re-run: nothing to ask
@@ -292,17 +301,25 @@ def test_restart_asks_only_for_rows_whose_endpoint_failed(server, tmp_path):
     assert read(tmp_path / "out" / "extracted.jsonl") == out
 
 
-def test_unreachable_endpoint_fails_the_step_after_saving_the_log(tmp_path):
-    setup(tmp_path, query_rows(3))
-    cfg = ExtractConfig(input=str(tmp_path / "query"), schema=str(tmp_path / "prepared"), out=str(tmp_path / "out"),
-                        model="extractor", url=f"http://127.0.0.1:{free_port()}", retries=1, backoff_s=0.01,
-                        timeout_s=2.0)
-    with pytest.raises(SystemExit, match=r"the extractor never answered: all 3 rows sent to http://127\.0\.0\.1:\d+/v1 "
-                                         r"\(model extractor\) failed; first error: .*ConnectError.*GET .*/models"):
+def test_unreachable_endpoint_fails_the_step_after_writing_every_output(server, tmp_path):
+    rows = query_rows(3)
+    rows[2].update(answer=None, error="HTTP 503", status=503)  # the query step's failure, not this step's
+    setup(tmp_path, rows)
+    cfg = config(server, tmp_path, url=f"http://127.0.0.1:{free_port()}", retries=1, csv_name="s.csv")
+    with pytest.raises(SystemExit, match=r"extract: 2 of 2 rows sent to the extractor failed against "
+                                         r"http://127\.0\.0\.1:\d+/v1 \(model extractor\), more than "
+                                         r"max_failed_fraction=0\.05; first error \(row 's1-0'\): .*ConnectError.*"
+                                         r"GET .*/models.*1 row\(s\) without a query response are not counted"):
         run(cfg)
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["log.jsonl"]
-    assert {r["id"]: r["failure"] for r in read(out / "log.jsonl")} == {f"s1-{i}": "endpoint" for i in range(3)}
+    assert sorted(p.name for p in out.iterdir()) == ["extracted.jsonl", "log.jsonl", "manifest.json", "s.csv"]
+    assert manifest(tmp_path)["counts"]["failed_by_reason"] == {"validation": 0, "endpoint": 2, "no-response": 1}
+    assert {r["id"]: r["failure"] for r in read(out / "log.jsonl")} == {"s1-0": "endpoint", "s1-1": "endpoint"}
+
+    server.responder = responder  # a working extractor: only the rows whose endpoint failed are asked
+    counts = run(cfg.model_copy(update={"url": server.url}))
+    assert counts["valid"] == 2 and counts["failed_by_reason"] == {"validation": 0, "endpoint": 0, "no-response": 1}
+    assert sorted(int(re.search(r"\[r(\d)\]", request_text(r.body)).group(1)) for r in server.completions()) == [0, 1]
 
 
 @pytest.mark.parametrize("change, match", [

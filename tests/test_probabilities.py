@@ -10,6 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from tests.faultserver import fault_server_module, server  # noqa: F401 - fixtures
 
 from steps import probabilities as pr
 from steps.client import EndpointError
@@ -193,56 +194,34 @@ def test_score_tokens_refuses_what_it_cannot_score():
         asyncio.run(pr.score_tokens(FakeClient({"The": ["The"]}), "T", ["he"]))
 
 
-class FakeServerClient:
-    """Stands in for steps.client.Client in run(): words are tokens, a token's log-prob is
-    -len(token)/10, and a prompt holding FAIL fails for good (a 400)."""
-
-    requests: list[list[str]] = []
-
-    def __init__(self, endpoint, **kw):
-        self.endpoint = endpoint
-
-    async def __aenter__(self):
-        return self
-
-    async def __aexit__(self, *exc):
-        return None
-
-    async def complete(self, prompt, **params):
-        import re
-
-        FakeServerClient.requests.append(prompt)
-        if any("FAIL" in p for p in prompt):
-            raise EndpointError("http://fake/v1/completions", 400, 1, "bad prompt")
-        choices = []
-        for i, p in enumerate(prompt):
-            toks = re.findall(r" ?\w+|\s+|[^\w\s]", p)
-            choices.append({"index": i, "logprobs": {"tokens": toks,
-                                                     "token_logprobs": [None] + [-len(t) / 10 for t in toks[1:]]}})
-        return SimpleNamespace(data={"choices": choices}, attempts=1)
-
-
-def test_run_writes_distributions_and_resumes(tmp_path, monkeypatch):
-    from steps import client as client_mod
-
-    monkeypatch.setattr(client_mod, "Client", FakeServerClient)
-    FakeServerClient.requests = []
+def test_run_writes_distributions_and_resumes(server, tmp_path):
+    """Over HTTP against the fault server, whose scoring replies make words tokens with a log-prob of
+    -len(token)/10 (tests/faultserver.py echo_choices); a context holding FAIL gets a 400."""
+    server.always_containing["FAIL"] = "400"
     src = write_rows(tmp_path / "items.jsonl", [
         {"id": "a", "context": "How sure?", "topic": "x"},
         {"id": "b", "context": "Pick one:", "candidates": [" yes", " no way"]},
         {"id": "c", "context": "FAIL here"},
     ])
-    cfg = pr.ProbabilitiesConfig(input=str(src), out=str(tmp_path / "out"), model="m", url="http://fake",
-                                 candidates=" 0..100..50%", max_failed_fraction=0.0, retries=0)
-    with pytest.raises(SystemExit, match=r"1 of 3 rows failed .* first error \(row 'c'\): .*bad prompt"):
+    cfg = pr.ProbabilitiesConfig(input=str(src), out=str(tmp_path / "out"), model="m", url=server.url,
+                                 candidates=" 0..100..50%", max_failed_fraction=0.0, retries=0, csv_name="p.csv")
+    with pytest.raises(SystemExit, match=r"1 of 3 rows failed .* first error \(row 'c'\): .*HTTP 400.*injected fault"):
         pr.run(cfg)
-    assert len(FakeServerClient.requests) == 3  # one request per context, all candidates in it
-    assert not (tmp_path / "out" / "manifest.json").exists()
+    sent = [r.body for r in server.completions()]
+    assert len(sent) == 3  # one request per context, all candidates in it
+    assert all(b["echo"] is True and b["max_tokens"] == 0 and b["logprobs"] == 1 for b in sent)
+    # the failed run still wrote everything, the failed row marked
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["counts"] == {"rows": 3, "scored": 2, "failed": 1, "candidates": 8}
+    assert set(manifest["files"]) == {"probabilities.jsonl", "log.jsonl", "p.csv"}
+    written = {r["id"]: r for r in map(json.loads, (tmp_path / "out" / "probabilities.jsonl").read_text().splitlines())}
+    assert "injected fault 400" in written["c"]["error"] and written["a"]["error"] is None
 
     src.write_text(src.read_text().replace("FAIL here", "Fixed here"))
-    FakeServerClient.requests = []
+    before = len(server.completions())
     counts = pr.run(cfg)
-    assert FakeServerClient.requests == [["Fixed here 0%", "Fixed here 50%", "Fixed here 100%"]]  # only the failed row
+    assert [r.body["prompt"] for r in server.completions()[before:]] == [
+        ["Fixed here 0%", "Fixed here 50%", "Fixed here 100%"]]  # only the failed row
     assert counts == {"rows": 3, "scored": 3, "failed": 0, "candidates": 8}
     rows = {r["id"]: r for r in map(json.loads, (tmp_path / "out" / "probabilities.jsonl").read_text().splitlines())}
     a = rows["a"]
@@ -258,11 +237,37 @@ def test_run_writes_distributions_and_resumes(tmp_path, monkeypatch):
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["counts"] == counts and manifest["config"]["candidates"] == " 0..100..50%"
 
-    FakeServerClient.requests = []
+    before = len(server.completions())
     pr.run(cfg)
-    assert FakeServerClient.requests == []  # finished: nothing is asked again
+    assert len(server.completions()) == before  # finished: nothing is asked again
     pr.run(cfg.model_copy(update={"candidates": ["A", "B"]}))
-    assert len(FakeServerClient.requests) == 2  # another candidate set is another request (b keeps its own)
+    assert len(server.completions()) - before == 2  # another candidate set is another request (b keeps its own)
+
+
+def test_every_context_failing_fails_the_step_after_writing_every_output(server, tmp_path):
+    token, key = "tok_0123456789abcdef", "sk-proj-Zz9Yy8Xx7Ww6Vv5"
+    server.always_fail = "500"
+    server.error_message = f"engine down; headers were Authorization: Bearer {token} (key {key})"
+    src = write_rows(tmp_path / "items.jsonl", [{"id": f"q{i}", "context": f"Question {i}?"} for i in range(3)])
+    out = tmp_path / "out"
+    cfg = pr.ProbabilitiesConfig(input=str(src), out=str(out), model="m", url=server.url, candidates=[" yes", " no"],
+                                 retries=1, csv_name="p.csv")
+    with pytest.raises(SystemExit) as e:
+        pr.run(cfg)
+    msg = str(e.value)
+    assert msg.startswith(f"probabilities: 3 of 3 rows failed against {server.url}/v1 (model m), more than "
+                          "max_failed_fraction=0.05; first error (row 'q0'): ")
+    assert "HTTP 500 after 2 attempt(s)" in msg and "Bearer [REDACTED]" in msg
+    assert sorted(p.name for p in out.iterdir()) == ["log.jsonl", "manifest.json", "p.csv", "probabilities.jsonl"]
+    assert json.loads((out / "manifest.json").read_text())["counts"] == {"rows": 3, "scored": 0, "failed": 3,
+                                                                         "candidates": 6}
+    for text in [msg] + [p.read_text() for p in out.iterdir()]:
+        assert token not in text and key not in text
+
+    server.reset()  # a working server: every failed context is scored once, then the folder is complete
+    assert pr.run(cfg)["scored"] == 3 and len(server.completions()) == 3
+    pr.run(cfg)
+    assert len(server.completions()) == 3
 
 
 # ----------------------------------------------------------------------------- real model

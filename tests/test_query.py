@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.conftest import kill_when
+from tests.conftest import free_port, kill_when
 from tests.faultserver import FaultServer, answer_for, fault_server_module, server  # noqa: F401 - fixtures
 
 from steps.query import QueryConfig, run
@@ -84,23 +84,30 @@ def test_rows_with_messages_instead_of_a_prompt_field(server, tmp_path):
     assert ans["id"] == 7 and ans["answer"] == answer_for("hi")
 
 
-def test_failures_fail_the_step_then_rerun_sends_only_the_missing_rows(server, tmp_path):
+def test_failures_fail_the_step_after_writing_everything_then_rerun_sends_only_them(server, tmp_path):
     rows = write_rows(tmp_path / "in.jsonl", 8)
     out = tmp_path / "out"
     server.always[question(2)] = "500"
     server.always[question(5)] = "500"
-    cfg = config(server, tmp_path, retries=1)
+    cfg = config(server, tmp_path, retries=1, csv_name="raw.csv", metrics_dir=str(tmp_path / "metrics"))
     with pytest.raises(SystemExit) as e:
         run(cfg)
     msg = str(e.value)
-    assert f"2 of 8 rows failed against {server.url}/v1" in msg and "HTTP 500" in msg
-    assert "re-run the step" in msg
-    # nothing that looks complete: no answers, no manifest; the finished rows are in the log
-    assert sorted(p.name for p in out.iterdir()) == ["log.jsonl"]
+    assert msg.startswith(f"query: 2 of 8 rows failed against {server.url}/v1 (model tiny), more than "
+                          "max_failed_fraction=0.05; first error (row 'r2'): ")
+    assert "HTTP 500" in msg and str(out / "manifest.json") in msg and str(out / "log.jsonl") in msg
+    assert "GET " + server.url + "/v1/models" in msg and "raise max_failed_fraction" in msg
+    # everything a successful run writes, the failed rows marked: nothing is lost
+    assert sorted(p.name for p in out.iterdir()) == ["answers.jsonl", "log.jsonl", "manifest.json", "raw.csv"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"] == {"rows": 8, "answered": 6, "failed": 2, "completion_tokens": 6 * 5}
+    assert set(manifest["files"]) == {"answers.jsonl", "log.jsonl", "raw.csv"}
+    assert [(tmp_path / "metrics" / k).read_text() for k in ("rows", "failed")] == ["6", "2"]
+    written = read(out / "answers.jsonl")
+    assert [r["id"] for r in written if r["error"]] == ["r2", "r5"]
+    assert written[2]["status"] == 500 and written[2]["attempts"] == 2 and written[2]["answer"] is None
     logged = {r["id"]: r for r in read(out / "log.jsonl")}
     assert set(logged) == {r["id"] for r in rows}
-    assert {k for k, r in logged.items() if r["error"]} == {"r2", "r5"}
-    assert logged["r2"]["status"] == 500 and logged["r2"]["attempts"] == 2
     assert all(server.counts[question(i)] == (2 if i in (2, 5) else 1) for i in range(8))
 
     server.always.clear()  # the endpoint is fixed
@@ -111,12 +118,57 @@ def test_failures_fail_the_step_then_rerun_sends_only_the_missing_rows(server, t
     out_rows = read(out / "answers.jsonl")
     assert [r["id"] for r in out_rows] == [r["id"] for r in rows]
     assert all(r["answer"] == answer_for(r["question"]) and r["error"] is None for r in out_rows)
-    assert (out / "manifest.json").exists()
+    assert json.loads((out / "manifest.json").read_text())["counts"]["failed"] == 0
 
     before = server.counts.copy()
     run(cfg)  # a finished folder re-run (argo retry of a done node): no request at all
     assert server.counts == before
     assert read(out / "answers.jsonl") == out_rows
+
+
+@pytest.mark.parametrize("failing, fails", [(1, False), (2, True)], ids=["1-of-20", "2-of-20"])
+def test_default_max_failed_fraction_is_five_percent(server, tmp_path, failing, fails):
+    write_rows(tmp_path / "in.jsonl", 20)
+    for i in range(failing):
+        server.always[question(i)] = "400"
+    if fails:
+        with pytest.raises(SystemExit, match=f"{failing} of 20 rows failed"):
+            run(config(server, tmp_path))
+    else:
+        assert run(config(server, tmp_path))["failed"] == failing  # exactly 5%: not above it
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["counts"]["failed"] == failing
+
+
+def step_cli(srv: FaultServer, tmp: Path, *extra: str, url: str | None = None) -> list[str]:
+    return [sys.executable, "-m", "steps.query", "--input", str(tmp / "in.jsonl"), "--out", str(tmp / "out"),
+            "--url", url or srv.url, "--model", "tiny", "--retries", "1", "--timeout-s", "5",
+            "--csv-name", "raw.csv", *extra]
+
+
+def test_every_row_failing_exits_non_zero_with_one_message_and_outputs_written(server, tmp_path):
+    rows = write_rows(tmp_path / "in.jsonl", 5)
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k != "ARGO_PROGRESS_FILE"}
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    res = subprocess.run(step_cli(server, tmp_path, url=dead), cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode != 0 and res.stdout == ""
+    assert "Traceback" not in res.stderr
+    (msg,) = [line for line in res.stderr.splitlines() if not line.startswith("[query")]  # progress lines aside
+    assert msg.startswith(f"query: 5 of 5 rows failed against {dead}/v1 (model tiny), more than "
+                          "max_failed_fraction=0.05; first error (row 'r0'): ")
+    assert "ConnectError" in msg and "Fix: check that the server is up" in msg
+    assert sorted(p.name for p in out.iterdir()) == ["answers.jsonl", "log.jsonl", "manifest.json", "raw.csv"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"] == {"rows": 5, "answered": 0, "failed": 5, "completion_tokens": 0}
+    assert all(r["answer"] is None and "ConnectError" in r["error"] for r in read(out / "answers.jsonl"))
+
+    # the server is up now: the same command sends every failed row once and succeeds
+    res = subprocess.run(step_cli(server, tmp_path), cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads(res.stdout)["answered"] == 5
+    assert server.counts == {r["question"]: 1 for r in rows}
+    assert json.loads((out / "manifest.json").read_text())["counts"]["failed"] == 0
 
 
 @pytest.mark.parametrize("change", [{"system_prompt": "Answer in French."}, {"model": "tiny-2"},
@@ -224,9 +276,9 @@ def test_progress_file_counts_rows(server, tmp_path, monkeypatch):
     server.delay_s = 0.05
     orig = server._pick_fault
 
-    def spy(prompt):  # what Argo would read while the step runs
+    def spy(*args):  # what Argo would read while the step runs
         seen.append(progress.read_text().strip())
-        return orig(prompt)
+        return orig(*args)
 
     server._pick_fault = spy
     try:
@@ -249,6 +301,29 @@ def test_api_key_never_reaches_an_artifact(server, tmp_path, monkeypatch):
     for p in out.iterdir():
         assert KEY not in p.read_text(encoding="utf-8"), p.name
     assert json.loads((out / "manifest.json").read_text())["config"]["api_key_env"] == "KUBELLM_TEST_KEY"
+
+
+def test_credentials_echoed_in_error_bodies_reach_no_log_artifact_or_stderr(server, tmp_path):
+    token = "eyJhbGciOiJIUzI1NiJ9.c2VjcmV0.dG9rZW4"  # a bearer token the server echoes
+    other = "sk-proj-Q2x7Lm0pA9zR4tY8uW1v"  # someone else's key, OpenAI project style
+    server.error_message = (f"Incorrect API key provided: {KEY}. Request headers: {{'Authorization': 'Bearer "
+                            f"{token}'}}; also tried {other}")
+    server.always_fail = "500"
+    write_rows(tmp_path / "in.jsonl", 3)
+    env = {**{k: v for k, v in os.environ.items() if k != "ARGO_PROGRESS_FILE"}, "KUBELLM_TEST_KEY": KEY}
+    res = subprocess.run(step_cli(server, tmp_path, "--api-key-env", "KUBELLM_TEST_KEY"), cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode != 0 and "3 of 3 rows failed" in res.stderr
+    assert {r.headers["authorization"] for r in server.completions()} == {f"Bearer {KEY}"}  # the key was sent
+    assert "Incorrect API key provided: [REDACTED]" in res.stderr  # the rest of the body is kept
+    assert "'Authorization': 'Bearer [REDACTED]'" in res.stderr
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["answers.jsonl", "log.jsonl", "manifest.json", "raw.csv"]
+    texts = {"stderr": res.stderr, **{p.name: p.read_text(encoding="utf-8") for p in out.iterdir()}}
+    for name, text in texts.items():
+        for secret in (KEY, token, other, "sk-proj-"):
+            assert secret not in text, (name, secret)
+    assert all("[REDACTED]" in r["error"] for r in read(out / "log.jsonl"))
 
 
 def test_missing_api_key_fails_before_any_request(server, tmp_path, monkeypatch):

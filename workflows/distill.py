@@ -115,7 +115,9 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
         a_out, a_path = st.out(tname, "answers")
         args = ["--input", d_read, "--out", a_path, "--model", inp("model"),
                 "--url", inp("url"), "--max-tokens", wp("answer-tokens"),
-                "--concurrency", wp("concurrency"), "--seed", wp("seed")]
+                "--concurrency", wp("concurrency"), "--seed", wp("seed"),
+                # evaluate scores every held-out question: one missing answer fails the node
+                "--max-failed-fraction", "0"]
         ins = d_in + [Parameter(name="model"), Parameter(name="url")]
         if lora:
             ad_in, ad_read = st.inp("finetune")
@@ -126,7 +128,8 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
                               models=lora, metrics=("rows", "failed"), deadline=3 * 3600)
 
     # a LoRA/QLoRA adapter is loaded into the running server; a full fine-tune is a new model, served
-    # by a second server from the merged folder
+    # by a second server from the merged folder, on the next port: both run until the DAG ends, and
+    # the local runner's processes share one network
     baseline, finetuned = answer("answer-baseline", False), answer("answer-finetuned", not full)
 
     d_in, d_read = st.inp("data")
@@ -145,7 +148,7 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
         ft_in, ft_read = st.inp("finetune")
         serve_ft = vllm_server("serve-finetuned", ["--model", f"{ft_read}/merged", "--served-name", inp("served-name"),
                                                    "--enable-lora", "false"],
-                               ft_in + [Parameter(name="served-name")], port=serve_port, patch=gpu_patch,
+                               ft_in + [Parameter(name="served-name")], port=serve_port + 1, patch=gpu_patch,
                                tolerations=bool(gpus), mounts=st.mounts())
 
     ins = []
@@ -198,7 +201,7 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
                 t_sft = Task(name="serve-finetuned", template=serve_ft,
                              arguments=[st.arg("finetune", "finetune"),
                                         Parameter(name="served-name", value=wp("student") + "-ft")])
-                ft_args.append(Parameter(name="url", value="http://{{tasks.serve-finetuned.ip}}:%d" % serve_port))
+                ft_args.append(Parameter(name="url", value="http://{{tasks.serve-finetuned.ip}}:%d" % (serve_port + 1)))
             else:
                 ft_args += [st.arg("finetune", "finetune"), Parameter(name="url", value=served_url)]
             t_fta = Task(name="answer-finetuned", template=finetuned, arguments=ft_args)
