@@ -77,7 +77,7 @@ def main(cls: type[C], run: Callable[[C], Any], doc: str | None = None, argv: Se
     )
     parser.add_argument("--config", help="YAML file with config fields (flags and key=value override it)")
     for name, field in cls.model_fields.items():
-        default = field.default if field.default is not None else None
+        default = None if field.is_required() else field.default
         help_text = (field.description or "") + (f" [default: {default}]" if default not in (None, "") else "")
         help_text = help_text.replace("%", "%%")  # argparse formats help with %: "100%" must stay text
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=argparse.SUPPRESS, help=help_text)

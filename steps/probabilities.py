@@ -88,7 +88,7 @@ class ProbabilitiesConfig(BaseModel):
                                   "(default: `model`)")
     add_special_tokens: bool | None = Field(None, description="let the server add BOS etc. (default: yes for plain "
                                             "text, no for chat-templated prompts, which already hold them)")
-    concurrency: int = Field(4, description="requests (contexts) in flight at once")
+    concurrency: int = Field(4, ge=1, description="requests (contexts) in flight at once")
     timeout_s: float = Field(120.0, description="per-request timeout")
     retries: int = Field(4, description="retries per request after the first attempt")
     metrics_dir: str | None = Field(None, description="write summary numbers here, one file each (Argo output parameters)")

@@ -40,9 +40,9 @@ class QueryConfig(BaseModel):
     lora_stage_dir: str | None = Field(None, description="copy the adapter here first (a folder the server also "
                                        "mounts, e.g. the shared models volume on a cluster)")
     temperature: float = Field(0.0, description="sampling temperature")
-    max_tokens: int = Field(128, description="answer length cap in tokens")
+    max_tokens: int = Field(128, ge=1, description="answer length cap in tokens")
     seed: int = Field(0, description="sampling seed (per row: seed + row index)")
-    concurrency: int = Field(16, description="requests in flight at once")
+    concurrency: int = Field(16, ge=1, description="requests in flight at once")
     timeout_s: float = Field(120.0, description="per-request timeout")
     retries: int = Field(4, description="retries per request after the first attempt")
     metrics_dir: str | None = Field(None, description="write summary numbers here, one file each (Argo output parameters)")
