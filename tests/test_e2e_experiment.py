@@ -22,7 +22,9 @@ def _cmd(out: Path, port: int) -> list[str]:
     return [sys.executable, "-m", "workflows.cli", "run", "experiment", "--out", str(out),
             "--serve-port", str(port), "-p", "limit=2", "-p", "experiment=e2e",
             # the JSON form of models (per-model resources) runs locally as the comma form does
-            "-p", 'models=[{"name": "smollm2-135m", "cpu": "1", "memory": "4Gi"}]']
+            "-p", 'models=[{"name": "smollm2-135m", "cpu": "1", "memory": "4Gi"}]',
+            # the bundled 135M model's extractions of 2 rows may include an invalid one
+            "-p", "max-failed-fraction=0.5"]
 
 
 def _run(out: Path, port: int, env: dict) -> subprocess.CompletedProcess:
