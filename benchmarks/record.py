@@ -32,7 +32,6 @@ import shlex
 import subprocess
 import sys
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -91,13 +90,9 @@ def machine() -> dict[str, Any]:
 
 def packages(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
     # versions from the installed metadata: importing torch or vllm here would cost seconds
-    out: dict[str, str | None] = {}
-    for name in names:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+    from steps._io import package_versions
+
+    return {k: v for k, v in package_versions(names).items() if k != "python"}
 
 
 def git_state(repo: Path = REPO) -> dict[str, Any]:
