@@ -22,7 +22,7 @@ def test_workflow_shape():
     doc = yaml.safe_load(RENDERED["s3"].read_text())
     spec = doc["spec"]
     tasks = {t["name"]: t for t in next(t for t in spec["templates"] if t["name"] == "main")["dag"]["tasks"]}
-    assert set(tasks) == {"memo-keys", "prepare-student", "harvest", "serve", "generate", "answer-baseline",
+    assert set(tasks) == {"check-params", "memo-keys", "prepare-student", "harvest", "serve", "generate", "answer-baseline",
                           "finetune", "answer-finetuned", "evaluate"}
     assert templates_named(spec, "generate")["memoize"]["cache"]["configMap"]["name"] == "kubellm-memo"
     assert templates_named(spec, "evaluate")["outputs"]["artifacts"][0]["archive"] == {"none": {}}
@@ -39,7 +39,8 @@ def test_workflow_shape():
             c = t["container"]
             assert c["securityContext"]["runAsNonRoot"] is True, name
             assert c["resources"]["requests"] and c["resources"]["limits"], name
-    assert templates["finetune"]["container"]["resources"]["limits"]["nvidia.com/gpu"] == "{{workflow.parameters.gpus}}"
+    # compiled for CPU: no GPU request anywhere (compiled with gpus, podSpecPatch carries it: test_params)
+    assert "podSpecPatch" not in templates["finetune"] and "nvidia.com/gpu" not in str(templates["serve"])
     params = {p["name"]: p for p in spec["arguments"]["parameters"]}
     assert params["method"]["enum"] == ["lora", "qlora", "full"]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import pytest
@@ -23,8 +25,11 @@ def test_shape_one_server_at_a_time_and_keyed_outputs():
     model = {x["name"]: x for x in t["model"]["dag"]["tasks"]}
     assert model["study"]["depends"] == "serve" and model["study"]["template"] == "study"
     assert "--enable-lora" in t["serve"]["container"]["args"] and t["serve"]["daemon"] is True
-    assert t["serve"]["container"]["resources"]["limits"]["nvidia.com/gpu"] == "{{inputs.parameters.gpus}}"
-    assert "nodeSelector" in t["serve"]["podSpecPatch"]
+    # per-model quantities are parameters: Argo takes them in podSpecPatch, never in `resources`
+    patch = t["serve"]["podSpecPatch"]
+    assert '"nvidia.com/gpu": "{{inputs.parameters.gpus}}"' in patch and '"memory": "{{inputs.parameters.memory}}"' in patch
+    assert "{{" not in json.dumps(t["serve"]["container"]["resources"])
+    assert "nodeSelector" in patch
     study = {x["name"]: x for x in t["study"]["dag"]["tasks"]}
     assert study["extract"]["depends"] == "query" and "depends" not in study["probabilities"]
     key = "{{workflow.parameters.experiment}}/{{inputs.parameters.slug}}/{{inputs.parameters.ts}}/{{inputs.parameters.study}}"

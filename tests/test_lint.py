@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workflows.lint import forbid_extra_fields, lint_file, lint_workflow, main
+from workflows import cli
+from workflows.lint import forbid_extra_fields, lint_file, lint_workflow
 
 FIXTURES = Path(__file__).parent / "fixtures" / "workflows"
 MAIN = 4  # index of the DAG template in pipeline.yaml
@@ -157,10 +158,12 @@ def test_strict_models_are_restored_afterwards(doc):
     assert w.to_dict()["spec"]["templates"][0]["container"]["command"][0] == "python"
 
 
-def test_cli_exit_codes(tmp_path, capsys, doc):
-    assert main([str(FIXTURES / "pipeline.yaml")]) == 0
+def test_kubellm_lint_exit_codes(tmp_path, capsys, doc):
+    # `kubellm lint` is the one command line; --no-cluster: these fixtures are not cluster workflows
+    assert cli.main(["lint", "--no-cluster", str(FIXTURES / "pipeline.yaml")]) == 0
     doc["spec"]["entrypoint"] = "nope"
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(doc))
-    assert main([str(bad)]) == 1
+    assert cli.main(["lint", "--no-cluster", str(bad)]) == 1
     assert "bad.yaml: spec.entrypoint: unknown template 'nope'" in capsys.readouterr().out
+

@@ -17,9 +17,9 @@ import pytest
 import yaml
 
 from workflows import cli
-from workflows.lint import (
-    kubectl_path, lint_cluster, lint_cluster_file, load_k8s_objects, load_required_secrets, network_reasons,
-)
+from workflows.k8s_objects import kubectl_path, load_k8s_objects, load_required_secrets
+from workflows.lint import lint_cluster_file
+from workflows.lint_cluster import lint_cluster, network_reasons
 
 ROOT = Path(__file__).resolve().parents[1]
 RENDERED = sorted((ROOT / "workflows" / "rendered").glob("*.yaml"))
@@ -301,11 +301,24 @@ def test_long_steps_must_report_progress(doc, cpu, tmp_path):
         f"distill.yaml: {hpath}.container.command[2]: template 'harvest' runs steps.harvest, but there is no "
         "steps/harvest.py in the repository",
         f"distill.yaml: {fpath}.container.command[{i}]: template 'finetune' runs steps.finetune for up to "
-        f"{ft['activeDeadlineSeconds']} s, but steps/finetune.py never creates a Progress(...): the Argo UI would "
-        "show no progress for it (report it with steps._io.Progress)",
+        f"{ft['activeDeadlineSeconds']} s, but neither steps/finetune.py nor a steps module it imports creates a "
+        "Progress(...): the Argo UI would show no progress for it (report it with steps._io.Progress)",
     ]
     ft["activeDeadlineSeconds"] = 60  # a short step need not report progress
     assert len(lint(doc, cpu, repo_root=tmp_path)) == 1
+
+
+def test_progress_may_come_from_a_steps_module_the_step_imports(doc, cpu, tmp_path):
+    (tmp_path / "steps").mkdir()
+    for m in _step_modules(doc):
+        (tmp_path / "steps" / f"{m}.py").write_text("progress = Progress(10, 'work')\n")
+    (tmp_path / "steps" / "_io.py").write_text("class Progress:\n    pass\nExample = 'Progress(1)'\n")
+    (tmp_path / "steps" / "finetune.py").write_text("from steps._io import Progress\n")  # the helper itself counts not
+    assert len(lint(doc, cpu, repo_root=tmp_path)) == 1
+    (tmp_path / "steps" / "trainloop.py").write_text("def fit():\n    return Progress(3, 'epochs')\n")
+    for text in ("from steps.trainloop import fit\n", "import steps.trainloop\n", "from steps import _io, trainloop\n"):
+        (tmp_path / "steps" / "finetune.py").write_text(text)
+        assert lint(doc, cpu, repo_root=tmp_path) == [], text
 
 
 def test_checks_can_be_chosen(doc, cpu):
@@ -333,7 +346,7 @@ def test_cli_names_file_and_field_of_planted_mistakes(tmp_path, doc):
     ppath, p = param(doc, "serve-image")
     p["value"] = "ghcr.io/kubellm/serve-cpu"
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump(doc, sort_keys=False))
+    bad.write_text(cli.to_yaml(doc))  # quoted as kubellm compile writes it (PyYAML leaves 2e-4 bare)
     # from another folder: k8s/ is then the kubellm checkout's
     r = subprocess.run([sys.executable, "-m", "workflows.cli", "lint", str(bad)], cwd=tmp_path,
                        capture_output=True, text=True, timeout=120, env=_env())
@@ -352,7 +365,7 @@ def _env() -> dict:
 def test_cli_options(tmp_path, doc, capsys):
     doc["spec"]["serviceAccountName"] = "kubellm-workflows"
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump(doc))
+    bad.write_text(cli.to_yaml(doc))
     assert cli.main(["lint", str(bad), "--no-cluster"]) == 0  # strict lint alone: nothing wrong
     assert "workflow checks only" in capsys.readouterr().err
     assert cli.main(["lint", str(bad), "--overlay", "overlays/gpu"]) == 1
@@ -362,7 +375,7 @@ def test_cli_options(tmp_path, doc, capsys):
         cli.main(["lint", str(bad), "--k8s", str(tmp_path / "nowhere")])
     # strict-lint problems and cluster problems come together, each once
     doc["spec"]["entrypoint"] = "mian"
-    bad.write_text(yaml.safe_dump(doc))
+    bad.write_text(cli.to_yaml(doc))
     assert cli.main(["lint", str(bad)]) == 1
     out = capsys.readouterr().out.splitlines()
     assert [line.split(": ")[1] for line in out] == ["spec.entrypoint", "spec.serviceAccountName"]

@@ -24,6 +24,27 @@ def test_rendered_yaml_is_current_lints_clean_and_runs_locally(pipeline, store):
     assert check_supported(doc, {"models": Path("/tmp")}) == []
 
 
+VARIANTS = [{"gpus": "1"}, {"method": "qlora", "gpus": "1"}, {"method": "full"}, {"method": "full", "gpus": "2"},
+            {"models": '[{"name": "smollm2-135m", "cpu": "1", "memory": "4Gi"}, {"name": "m/x", "gpus": 2}]',
+             "serve-image": "ghcr.io/kubellm/serve:0.1.0"},
+            {"max-servers": "3"}]
+
+
+@pytest.mark.parametrize("store", ("s3", "pvc"))
+@pytest.mark.parametrize("pipeline,params", [(p, v) for v in VARIANTS for p in ("distill", "experiment")
+                                             if set(v) <= set(__import__(f"workflows.{p}", fromlist=["PARAMS"]).PARAMS)],
+                         ids=str)
+def test_every_variant_passes_argos_rules_and_runs_locally(pipeline, params, store):
+    """Argo's own rules (workflows/argo/rules.py, via lint) on each compiled variant, and its YAML
+    text read as Argo's YAML 1.2 reader reads it."""
+    from workflows.argo.decode import unquoted_scalars
+
+    doc = cli.compile_doc(pipeline, store, params)
+    assert lint_workflow(doc, pipeline) == []
+    assert unquoted_scalars(cli.to_yaml(doc)) == []
+    assert check_supported(doc, {"models": Path("/tmp")}) == []
+
+
 def test_every_rendered_file_is_checked():
     rendered = {p.name for p in (ROOT / "workflows" / "rendered").glob("*.yaml")}
     assert rendered == {f"{p}.yaml" if s == "s3" else f"{p}-{s}.yaml" for p, s in CASES}

@@ -183,16 +183,14 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
         with DAG(name="main", parallelism=int(values["max-servers"])):
             t_check = Task(name="check-params", template=check)
             t_plan = Task(name="plan", template=plan)
-            out = "{{tasks.plan.outputs.parameters.%s}}"
-            t_m = Task(name="model", template=model_dag, with_param=out % "models",
+            planned = [t_plan.get_parameter(k).with_name(n) for k, n in
+                       (("timestamp", "ts"), ("studies", "studies"))]
+            t_m = Task(name="model", template=model_dag, with_param=t_plan.get_parameter("models").value,
                        arguments=[Parameter(name="model", value="{{item.name}}")]
                        + [Parameter(name=k, value="{{item.%s}}" % k) for k in ("slug", "gpus", "tp", "cpu", "memory")]
-                       + [Parameter(name="ts", value=out % "timestamp"),
-                          Parameter(name="studies", value=out % "studies"), plan_prepared()])
+                       + planned + [plan_prepared()])
             t_c = Task(name="collect", template=collect,
-                       arguments=[Parameter(name="ts", value=out % "timestamp"),
-                                  Parameter(name="models", value=out % "models"),
-                                  Parameter(name="studies", value=out % "studies"), plan_prepared()])
+                       arguments=planned + [t_plan.get_parameter("models"), plan_prepared()])
             t_check >> t_plan >> t_m >> t_c
         add_templates(wf, [check, plan, serve, query, extract, probabilities, collect])
     return wf
@@ -202,19 +200,17 @@ def validate_params(params: dict[str, str], files: bool = True) -> dict[str, str
     """Fail before any work on a value that cannot work, saying how to fix it. `files`: also load the
     studies from this machine (not from the check node of a cluster run, where plan loads them)."""
     from steps.plan import check_studies, parse_models, slug
-    try:
-        from workflows.argo_rules import quantity_problem
-    except ImportError:  # TEMP
-        def quantity_problem(x): return None
+    from workflows.argo.parse import quantity_error
 
     values = check_params("experiment", PARAMS, _with_images(params))
     slug(values["experiment"])
     models = parse_models(values["models"], int(values["gpus"]), values["cpu"], values["memory"])
     for mdl in models:
         for k in ("cpu", "memory"):
-            bad = quantity_problem(mdl[k])
+            bad = quantity_error(mdl[k])
             if bad:
-                raise ValueError(f"models: {mdl['name']}: {k}={mdl[k]!r} {bad}")
+                raise ValueError(f"models: {mdl['name']}: {k}={mdl[k]!r} is not a Kubernetes quantity ({bad}); "
+                                 "write e.g. cpu=2 or 500m, memory=12Gi")
     check_images(values, any(mdl["gpus"] > 0 for mdl in models), ("serve-image",))
     names = [x.strip() for x in values["studies"].split(",") if x.strip()]
     if not names:
