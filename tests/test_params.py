@@ -169,3 +169,9 @@ def test_a_bad_study_gets_one_clear_message(bad_studies, which, expected, tmp_pa
     r = subprocess.run([sys.executable, "-m", "steps.plan", "--debug", "--experiment", "t", "--models", "m",
                         "--studies", path, "--out", str(tmp_path / "p")], capture_output=True, text=True, cwd=ROOT)
     assert "Traceback" in r.stderr
+
+
+@pytest.mark.parametrize("pipeline,param", [("distill", "teacher-url"), ("experiment", "extractor-url")])
+def test_an_endpoint_url_must_be_http_or_empty(pipeline, param):
+    with pytest.raises(SystemExit, match=f"parameter {param}='vllm:8000'.*e.g. -p {param}=http://"):
+        cli.compile_doc(pipeline, "s3", {param: "vllm:8000"})

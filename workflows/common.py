@@ -12,10 +12,11 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import dataclass
-from typing import Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from hera.workflows import Artifact, Container, Env, Parameter, S3Artifact, NoneArchiveStrategy, SecretEnv
 from hera.workflows import models as m
+from pydantic import Field
 
 STORES = ("s3", "pvc")
 SERVE_PORT = 8000
@@ -69,6 +70,7 @@ class Param:
     feeds: Any = str
     enum: tuple[str, ...] | None = None
     compile_time: bool = False
+    example: str | None = None  # shown in error messages when the default is no example (e.g. empty)
 
     def choices(self) -> tuple[str, ...] | None:
         if self.enum:
@@ -105,7 +107,7 @@ def _check_one(name: str, p: Param, value: str) -> None:
     except ValidationError as e:
         msg = "; ".join(err["msg"] for err in e.errors())
         where = f" (it sets {p.feeds.split(':')[1]})" if isinstance(p.feeds, str) else ""
-        raise ValueError(f"parameter {name}={value!r}: {msg}{where}; e.g. -p {name}={p.default}") from None
+        raise ValueError(f"parameter {name}={value!r}: {msg}{where}; e.g. -p {name}={p.example or p.default}") from None
 
 
 def merge_params(pipeline: str, spec: dict[str, Param], params: dict[str, str] | None) -> dict[str, str]:
@@ -144,6 +146,11 @@ def image_defaults(spec: dict[str, Param], params: dict[str, str] | None, gpus: 
             if k.endswith("-image") and kind in IMAGES and k not in out:
                 out[k] = IMAGES[kind]["cuda"]
     return out
+
+
+# an optional OpenAI-compatible base URL (a workflow parameter that feeds several steps)
+OptionalUrl = Annotated[str, Field(pattern=r"^(https?://\S+)?$")]
+URL_EXAMPLE = "http://vllm.kubellm:8000 (empty: none)"
 
 
 def wp(name: str) -> str:

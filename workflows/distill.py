@@ -22,7 +22,7 @@ from hera.workflows import DAG, Container, NoneArchiveStrategy, Parameter, Task,
 from hera.workflows import models as m
 from pydantic import Field
 
-from workflows.common import (API_KEY, DATA_MOUNT, MODELS_MOUNT, SECURITY, SERVE_PORT, Param, Store, add_templates,
+from workflows.common import (URL_EXAMPLE, OptionalUrl, API_KEY, DATA_MOUNT, MODELS_MOUNT, SECURITY, SERVE_PORT, Param, Store, add_templates,
                               check_images, check_node, check_params, container_step, image_defaults, inp,
                               merge_params, pod_spec_patch, resources, vllm_server, workflow_fields, wp)
 
@@ -33,7 +33,7 @@ PARAMS: dict[str, Param] = {
     "student": Param("smollm2-135m", "student model: bundled name, hub ID (microsoft/phi-2) or folder"),
     "teacher": Param("smollm2-135m", "teacher: the served student name (context distillation), a model at "
                                      "teacher-url, or openai:MODEL (key from the kubellm-api-keys Secret)"),
-    "teacher-url": Param("", "OpenAI-compatible base URL of the teacher; empty = the workflow's own server"),
+    "teacher-url": Param("", "OpenAI-compatible base URL of the teacher; empty = the workflow's own server", OptionalUrl, example=URL_EXAMPLE),
     "topics": Param("all", "comma-separated topics (see `python -m steps.harvest --help`), or all"),
     "num-questions": Param("64", "training questions (one per knowledge-base document)", f"{GEN}.num_questions"),
     "heldout-unseen": Param("16", "held-out questions on documents never trained on", f"{GEN}.heldout_unseen"),

@@ -30,7 +30,7 @@ from hera.workflows import DAG, Artifact, NoneArchiveStrategy, Parameter, S3Arti
 from hera.workflows import models as m
 from pydantic import Field, Json
 
-from workflows.common import (API_KEY, DATA_MOUNT, SERVE_PORT, Param, Store, add_templates, check_images,
+from workflows.common import (URL_EXAMPLE, OptionalUrl, API_KEY, DATA_MOUNT, SERVE_PORT, Param, Store, add_templates, check_images,
                               check_node, check_params, container_step, image_defaults, inp, merge_params,
                               pod_spec_patch, vllm_server, workflow_fields, wp)
 
@@ -44,7 +44,7 @@ PARAMS: dict[str, Param] = {
     "limit": Param("0", "use only the first N rows of each study CSV (0 = all)", f"{PLAN}.limit"),
     "extractor": Param("", "model that extracts structured answers: empty = each model extracts its own "
                            "responses; else a model served at extractor-url, or openai:MODEL"),
-    "extractor-url": Param("", "OpenAI-compatible base URL of the extractor (with extractor set)"),
+    "extractor-url": Param("", "OpenAI-compatible base URL of the extractor (with extractor set)", OptionalUrl, example=URL_EXAMPLE),
     "extract-mode": Param("auto", "structured = server-side JSON schema; prompt = ask and parse; auto = structured, "
                                   "falling back to prompt", f"{EXTRACT}.mode"),
     "concurrency": Param("16", "requests in flight per step", f"{QUERY}.concurrency"),
