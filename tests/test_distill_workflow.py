@@ -121,7 +121,8 @@ def test_compile_sets_parameter_defaults():
 def test_step_help_is_fast_and_light():
     """--help must not import torch/transformers/vllm (DESIGN principle 1)."""
     for mod in ("steps.harvest", "steps.generate", "steps.query", "steps.finetune", "steps.evaluate",
-                "steps.serve", "steps.models", "steps.probabilities", "steps.memokey"):
+                "steps.serve", "steps.models", "steps.probabilities", "steps.memokey", "steps.nli_data",
+                "steps.nli_model", "steps.nli_service", "steps.nli_evaluate"):
         code = (f"import sys, runpy; sys.argv=['x','--help']\n"
                 f"try:\n    runpy.run_module('{mod}', run_name='__main__')\nexcept SystemExit: pass\n"
                 "heavy = [m for m in ('torch','transformers','vllm','trl','ragas') if m in sys.modules]\n"

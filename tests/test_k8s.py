@@ -494,7 +494,7 @@ def test_images_cover_their_roles_and_copy_what_exists():
                     f"{df.name}:{line}: COPY {s} is excluded by {ignore.name}")
     cpu = (ROOT / "images" / "steps-cpu.Dockerfile").read_text()
     assert "torch==2.13.0 --index-url" in cpu and "-c constraints/local.txt" in cpu
-    assert "ARG EXTRAS=steps\n" in cpu and '".[${EXTRAS}]"' in cpu  # serve-cpu adds ,serve
+    assert "ARG EXTRAS=steps,service\n" in cpu and '".[${EXTRAS}]"' in cpu  # the NLI service runs it too; serve-cpu adds ,serve
     assert "bitsandbytes==" in (ROOT / "images" / "steps-cuda.Dockerfile").read_text()
     serve = (ROOT / "images" / "serve.Dockerfile").read_text()
     assert "ARG VLLM_IMAGE=vllm/vllm-openai:v" in serve

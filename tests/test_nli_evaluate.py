@@ -62,3 +62,20 @@ def test_bad_pairs_are_refused_before_any_model_loads(tmp_path, row, msg):
     r = subprocess.run([sys.executable, "-m", "steps.nli_evaluate", "--data", str(data), "--zero-shot", "x",
                         "--finetuned", "y", "--out", str(tmp_path / "out")], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_same_model_twice_is_not_distinguishable(tmp_path, smollm2):
+    """A real run on generated Kubernetes-NLI pairs: with the same model as zero-shot and fine-tuned
+    every paired difference is 0, so the CI is [0, 0] and the verdict says so; the report is complete."""
+    from steps.nli_data import NliDataConfig, run as make_data
+
+    make_data(NliDataConfig(out=tmp_path / "data", max_pairs=60))
+    result = run(NliEvaluateConfig(data=str(tmp_path / "data"), zero_shot=smollm2, finetuned=smollm2,
+                                   out=str(tmp_path / "report"), limit=6, bootstrap=200))
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["n"] == 6 and report["finetuned_minus_zero_shot"]["ci95"] == [0.0, 0.0]
+    assert "is not distinguishable from" in result["verdict"]
+    assert report["zero_shot"]["confusion"] == report["finetuned"]["confusion"]
+    assert sum(map(sum, report["zero_shot"]["confusion"]["matrix"])) == 6
+    for f in ("report.md", "report.html", "report.png", "predictions.jsonl"):
+        assert (tmp_path / "report" / f).stat().st_size > 0

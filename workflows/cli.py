@@ -4,6 +4,7 @@
     kubellm run distill [-p key=value ...] [--out runs/distill]
     kubellm lint distill.yaml
     kubellm params distill
+    kubellm serve nli --model DIR [--port 8080]
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ def cmd_run(a: argparse.Namespace) -> int:
         if verdict:
             print(f"verdict: {verdict}")
     if result.phase != "Succeeded":
-        print(f"re-run the same command (same --out) to retry: finished nodes are not redone", file=sys.stderr)
+        print("re-run the same command (same --out) to retry: finished nodes are not redone", file=sys.stderr)
         return 1
     return 0
 
@@ -200,6 +201,19 @@ def cmd_params(a: argparse.Namespace) -> int:
     return 0
 
 
+SERVICES = {"nli": "steps.nli_service"}
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    """Start a pipeline's service by hand, in the foreground, with the step's own CLI (its flags and
+    --config file: `python -m steps.nli_service --help`)."""
+    import runpy
+
+    sys.argv = [SERVICES[a.service]] + a.args
+    runpy.run_module(SERVICES[a.service], run_name="__main__")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="kubellm", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -231,6 +245,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="overlay under --k8s the workflows run against (default: overlays/cpu)")
     li.add_argument("--no-cluster", action="store_true", help="only the strict workflow checks")
     li.set_defaults(fn=cmd_lint)
+    sv = sub.add_parser("serve", help="start a pipeline's service by hand (nli: the NLI HTTP service)",
+                        description="kubellm serve nli --model DIR [--port 8080 ...]: the service step's own "
+                                    "flags follow the service name (python -m steps.nli_service --help)")
+    sv.add_argument("service", choices=sorted(SERVICES))
+    sv.add_argument("args", nargs=argparse.REMAINDER, help="the service's flags, e.g. --model DIR --port 8080")
+    sv.set_defaults(fn=cmd_serve)
     pa = sub.add_parser("params", help="list a pipeline's parameters")
     pa.add_argument("pipeline", choices=PIPELINES)
     pa.set_defaults(fn=cmd_params)
