@@ -36,7 +36,8 @@ by class, `split_unit=class`): all pairs of a document are in one split.
 
 Output folder (replaced atomically): train.jsonl, validation.jsonl, test.jsonl (MultiNLI fields
 premise, hypothesis, label, genre = topic, plus doc_id, fact = fact type, spec = the fact's
-structured form, id) and manifest.json (counts per split, label and fact type, config, seed).
+structured form, id), train_sft.jsonl (the train split as steps.finetune reads it: the prediction
+prompt -> the label word) and manifest.json (counts per split, label and fact type, config, seed).
 
     python -m steps.nli_data --out runs/nli-data
     python -m steps.nli_data --out runs/nli-data --kb runs/kb max_pairs=600 seed=1
@@ -56,6 +57,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from steps._cli import main
 from steps._io import atomic_path, read_jsonl, write_jsonl, write_manifest
+from steps.nli_model import sft_example
 from steps.k8s_reference import K8sFiles, k8s_documents, load_k8s_files, parse_model_file
 
 LABELS = ("entailment", "neutral", "contradiction")
@@ -588,6 +590,9 @@ def run(cfg: NliDataConfig) -> dict:
     with atomic_path(cfg.out, is_dir=True) as tmp:
         for name, rows in splits.items():
             write_jsonl(tmp / f"{name}.jsonl", rows)
+        # the train split as steps.finetune reads it (question -> the label word)
+        write_jsonl(tmp / "train_sft.jsonl", [sft_example(p["premise"], p["hypothesis"], p["label"])
+                                              for p in splits["train"]])
         write_manifest(tmp, "nli_data", cfg, counts=counts,
                        timings={"read": round(t_read, 3), "total": round(time.monotonic() - t0, 3)},
                        packages=["pydantic"], extra={"seed": cfg.seed, "source": source})

@@ -61,6 +61,13 @@ def pair_text(premise: str, hypothesis: str) -> str:
     return f"premise: {premise} hypothesis: {hypothesis}"
 
 
+def sft_example(premise: str, hypothesis: str, label: str) -> dict:
+    """A training row for steps.finetune (question -> answer), worded exactly as a chat model is
+    asked at prediction time (the user turn of `NliModel.prompt`), so training teaches the very
+    continuation that prediction scores."""
+    return {"question": f"{INSTRUCTION}\n\n{pair_text(premise, hypothesis)}", "answer": label}
+
+
 def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())

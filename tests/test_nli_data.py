@@ -289,7 +289,10 @@ def test_cli_end_to_end(tmp_path):
     summary = json.loads(proc.stdout)
     assert summary["pairs"] == sum(summary[s] for s in SPLITS) > 0
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "test.jsonl", "train.jsonl",
-                                                     "validation.jsonl"]
+                                                     "train_sft.jsonl", "validation.jsonl"]
+    train, sft = read_rows(out / "train.jsonl"), read_rows(out / "train_sft.jsonl")
+    assert [r["answer"] for r in sft] == [r["label"] for r in train]
+    assert all(r["premise"] in s["question"] and r["hypothesis"] in s["question"] for r, s in zip(train, sft))
     row = read_rows(out / "test.jsonl")[0]
     assert set(row) >= {"premise", "hypothesis", "label", "genre", "doc_id", "fact", "id"}
     help_text = subprocess.run([sys.executable, "-m", "steps.nli_data", "--help"], cwd=REPO,

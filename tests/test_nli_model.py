@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -206,3 +207,17 @@ def test_cli_help_is_light_and_bad_input_is_a_message():
     r = subprocess.run([sys.executable, "-m", "steps.nli_model", "--premise", " ", "--hypothesis", "b"],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and "premise: need non-empty text" in r.stderr
+
+
+def test_training_rows_are_the_prediction_prompt(smollm2):
+    """steps.finetune turns a row into a user turn + assistant answer with the chat template; that
+    user turn must be the one NliModel.prompt asks, or training would teach another question."""
+    from transformers import AutoTokenizer
+
+    row = nli_model.sft_example("A cat sleeps.", "An animal rests.", "entailment")
+    tok = AutoTokenizer.from_pretrained(smollm2)
+    trained = tok.apply_chat_template([{"role": "user", "content": row["question"]}], add_generation_prompt=True,
+                                      tokenize=False)
+    asked = nli_model.NliModel.prompt(SimpleNamespace(kind="causal", chat=True, tokenizer=tok),
+                                      "A cat sleeps.", "An animal rests.")
+    assert trained == asked and row["answer"] == "entailment"
