@@ -12,7 +12,6 @@ Checkpoints every `save_steps` under `checkpoints/`; a restarted step resumes fr
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import shutil

@@ -137,14 +137,13 @@ def check_images(values: dict[str, str], gpus: bool, names: tuple[str, ...]) -> 
                              f"-p {k}={IMAGES[kind]['cuda']} (or your own CUDA build, images/build.sh)")
 
 
-def image_defaults(spec: dict[str, Param], params: dict[str, str] | None, gpus: bool) -> dict[str, str]:
-    """`params` with the CUDA images as defaults when compiled for GPUs (unless an image is given)."""
+def image_defaults(params: dict[str, str] | None, images: tuple[str, ...]) -> dict[str, str]:
+    """`params` with the CUDA builds as the default `images` (e.g. "serve-image") when `gpus` is set
+    and not 0; an image given in `params` stays."""
     out = dict(params or {})
-    if gpus:
-        for k in spec:
-            kind = k.removesuffix("-image")
-            if k.endswith("-image") and kind in IMAGES and k not in out:
-                out[k] = IMAGES[kind]["cuda"]
+    if out.get("gpus", "0") not in ("0", ""):
+        for k in images:
+            out.setdefault(k, IMAGES[k.removesuffix("-image")]["cuda"])
     return out
 
 
@@ -243,11 +242,11 @@ class Store:
             return m.Artifact(name=name, from_="{{inputs.artifacts.%s}}" % name)
         return Parameter(name=f"{name}-dir", value=inp(f"{name}-dir"))
 
-    def keyed_out(self, name: str, key: str, plain: bool = True) -> tuple[list, str]:
+    def keyed_out(self, name: str, key: str) -> tuple[list, str]:
         if self.kind == "s3":
             # stored as plain files (no tarball): CSVs and reports are readable straight from the bucket
             return [S3Artifact(name=name, path=f"/out/{name}", key=key,
-                               archive=NoneArchiveStrategy() if plain else None)], f"/out/{name}"
+                               archive=NoneArchiveStrategy())], f"/out/{name}"
         return [], f"{DATA_MOUNT}/{key}"
 
     def keyed_inp(self, name: str, key: str) -> tuple[list, str]:

@@ -22,7 +22,7 @@ from hera.workflows import DAG, Container, NoneArchiveStrategy, Parameter, Task,
 from hera.workflows import models as m
 from pydantic import Field
 
-from workflows.common import (URL_EXAMPLE, OptionalUrl, API_KEY, DATA_MOUNT, MODELS_MOUNT, SECURITY, SERVE_PORT, Param, Store, add_templates,
+from workflows.common import (URL_EXAMPLE, OptionalUrl, API_KEY, MODELS_MOUNT, SECURITY, SERVE_PORT, Param, Store, add_templates,
                               check_images, check_node, check_params, container_step, image_defaults, inp,
                               merge_params, pod_spec_patch, resources, vllm_server, workflow_fields, wp)
 
@@ -57,14 +57,14 @@ PARAMS: dict[str, Param] = {
 }
 
 
-def _with_images(params: dict[str, str] | None) -> dict[str, str]:
-    return image_defaults(PARAMS, params, (params or {}).get("gpus", "0") not in ("0", ""))
+# the images that must be CUDA builds when the run has GPUs
+GPU_IMAGES = ("steps-image", "serve-image")
 
 
 def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: int = SERVE_PORT,
           name: str = "distill") -> Workflow:
     st = Store(store)
-    params = _with_images(params)
+    params = image_defaults(params, GPU_IMAGES)
     values = merge_params("distill", PARAMS, params)
     gpus = wp("gpus") if int(values["gpus"]) > 0 else None
     full = values["method"] == "full"
@@ -229,14 +229,14 @@ def validate_params(params: dict[str, str], files: bool = True) -> dict[str, str
     from steps import models
     from steps.harvest import validate_topics
 
-    values = check_params("distill", PARAMS, _with_images(params))
+    values = check_params("distill", PARAMS, image_defaults(params, GPU_IMAGES))
     if int(values["heldout-paraphrase"]) > int(values["num-questions"]):
         raise ValueError("heldout-paraphrase cannot exceed num-questions (it rephrases training questions)")
     gpus = int(values["gpus"]) > 0
     if values["method"] == "qlora" and not gpus:
         raise ValueError("method=qlora quantizes the student to 4 bits with bitsandbytes, which needs a CUDA GPU: "
                          "compile with -p gpus=1 (CUDA images), or use -p method=lora on CPU")
-    check_images(values, gpus, ("steps-image", "serve-image"))
+    check_images(values, gpus, GPU_IMAGES)
     if files:
         try:
             models.check_name(values["student"])

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from hera.workflows import DAG, Artifact, NoneArchiveStrategy, Parameter, S3Artifact, Task, Workflow
+from hera.workflows import DAG, Artifact, Parameter, S3Artifact, Task, Workflow
 from hera.workflows import models as m
 from pydantic import Field, Json
 
@@ -67,14 +67,14 @@ PARAMS: dict[str, Param] = {
 }
 
 
-def _with_images(params: dict[str, str] | None) -> dict[str, str]:
-    return image_defaults({"serve-image": PARAMS["serve-image"]}, params, (params or {}).get("gpus", "0") not in ("0", ""))
+# the images that must be CUDA builds when the run has GPUs
+GPU_IMAGES = ("serve-image",)
 
 
 def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: int = SERVE_PORT,
           name: str = "experiment") -> Workflow:
     st = Store(store)
-    params = _with_images(params)
+    params = image_defaults(params, GPU_IMAGES)
     values = merge_params("experiment", PARAMS, params)
     exp, ts = wp("experiment"), inp("ts")
     folder = f"{exp}/{inp('slug')}/{ts}/{inp('study')}"
@@ -202,7 +202,7 @@ def validate_params(params: dict[str, str], files: bool = True) -> dict[str, str
     from steps.plan import check_studies, parse_models, slug
     from workflows.argo.parse import quantity_error
 
-    values = check_params("experiment", PARAMS, _with_images(params))
+    values = check_params("experiment", PARAMS, image_defaults(params, GPU_IMAGES))
     slug(values["experiment"])
     models = parse_models(values["models"], int(values["gpus"]), values["cpu"], values["memory"])
     for mdl in models:
@@ -211,7 +211,7 @@ def validate_params(params: dict[str, str], files: bool = True) -> dict[str, str
             if bad:
                 raise ValueError(f"models: {mdl['name']}: {k}={mdl[k]!r} is not a Kubernetes quantity ({bad}); "
                                  "write e.g. cpu=2 or 500m, memory=12Gi")
-    check_images(values, any(mdl["gpus"] > 0 for mdl in models), ("serve-image",))
+    check_images(values, any(mdl["gpus"] > 0 for mdl in models), GPU_IMAGES)
     names = [x.strip() for x in values["studies"].split(",") if x.strip()]
     if not names:
         raise ValueError("studies: the list is empty; name at least one study, e.g. -p studies=study1")

@@ -294,25 +294,26 @@ def lint_workflow(doc: dict, source: str = "<workflow>") -> list[str]:
     return [f"{source}: {p}" for p in dict.fromkeys(problems)]
 
 
-def _read_docs(path: Path) -> tuple[list, str | None]:
+def _read_docs(path: Path) -> tuple[list, str | None, str]:
+    """(documents, error, the file's text)."""
     try:
-        docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
-    except (OSError, yaml.YAMLError) as e:
-        return [], f"{path.name}: cannot read: {e}"
-    return docs, None if docs else f"{path.name}: no YAML document"
+        text = path.read_text(encoding="utf-8")
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        return [], f"{path.name}: cannot read: {e}", ""
+    return docs, None if docs else f"{path.name}: no YAML document", text
 
 
 def lint_file(path: str | Path) -> list[str]:
     """lint_workflow for every document of a YAML file."""
     path = Path(path)
-    docs, error = _read_docs(path)
+    docs, error, text = _read_docs(path)
     if error:
         return [error]
     # PyYAML reads `2e-4` as text where Argo's YAML reader sees a number: check the text as Argo reads it
     from workflows.argo.decode import unquoted_scalars
 
-    return [f"{path.name}: {p}" for p in unquoted_scalars(path.read_text(encoding="utf-8"))] + \
-        _each_doc(path, docs, lint_workflow)
+    return [f"{path.name}: {p}" for p in unquoted_scalars(text)] + _each_doc(path, docs, lint_workflow)
 
 
 def _each_doc(path: Path, docs: list[dict], check) -> list[str]:
@@ -326,7 +327,7 @@ def _each_doc(path: Path, docs: list[dict], check) -> list[str]:
 def lint_cluster_file(path: str | Path, k8s_objects: list[dict], **kwargs) -> list[str]:
     """lint_cluster for every document of a YAML file, named as lint_file names them."""
     path = Path(path)
-    docs, error = _read_docs(path)
+    docs, error, _ = _read_docs(path)
     if error:
         return [error]
     return _each_doc(path, docs, lambda doc, name: lint_cluster(doc, name, k8s_objects, **kwargs))
