@@ -16,6 +16,7 @@ import random
 import re
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -191,3 +192,22 @@ def message_text(data: dict) -> tuple[str, str | None]:
     if "message" in choice:
         return (choice["message"].get("content") or ""), choice.get("finish_reason")
     return choice.get("text") or "", choice.get("finish_reason")
+
+
+def local_url(url: str) -> str:
+    """`url` as this machine reaches it. In a node of the local runner (KUBELLM_LOCAL_ENDPOINTS set), a
+    cluster Service URL (http://kubellm-nli, http://kubellm-nli.kubellm.svc:80/...) becomes the local
+    address of the Deployment the runner emulates under that name (docs/runner.md); other URLs, and
+    every URL on a cluster, stay as they are."""
+    table_file = os.environ.get("KUBELLM_LOCAL_ENDPOINTS")
+    if not table_file:
+        return url
+    try:
+        table = json.loads(Path(table_file).read_text())
+    except (OSError, ValueError):
+        return url
+    parts = httpx.URL(url)
+    base = table.get(parts.host) if isinstance(table, dict) else None
+    if not base:
+        return url
+    return str(httpx.URL(base).copy_with(path=parts.path or "/", query=parts.query or None))

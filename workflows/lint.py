@@ -33,6 +33,7 @@ from typing import Any, Iterator, Mapping
 
 import yaml
 
+from workflows.argo import conditions
 from workflows.argo.rules import argo_problems
 from workflows.k8s_objects import kubectl_path, load_k8s_objects, load_required_secrets
 from workflows.lint_cluster import CLUSTER_CHECKS, lint_cluster, network_reasons
@@ -163,6 +164,14 @@ def reference_problems(doc: dict) -> list[str]:
                 problems.append(f"{tp}.outputs.parameters[{j}].valueFrom: a DAG output needs valueFrom.parameter")
             elif vf and not t.is_dag and not any(k in vf for k in ("path", "jsonPath", "jqFilter", "event", "supplied", "configMapKeyRef", "expression", "parameter")):
                 problems.append(f"{tp}.outputs.parameters[{j}].valueFrom: says nowhere to read '{p.get('name')}' from (set path)")
+        for key in ("successCondition", "failureCondition"):
+            # Argo parses these only when the node runs: a typo fails the node on the cluster
+            text = str((t.body.get("resource") or {}).get(key) or "")
+            if text and "{{" not in text:
+                try:
+                    conditions.parse(text)
+                except ValueError as e:
+                    problems.append(f"{tp}.resource.{key}: {e}")
         local_volumes = volumes | {v.get("name") for v in t.body.get("volumes") or []}
         for key in ("container", "script"):
             for j, m in enumerate((t.body.get(key) or {}).get("volumeMounts") or []):

@@ -45,6 +45,7 @@ class Containers:
         self.binder = binder
         self.volume_sources = volume_sources  # workflow volumes by name (claims count as persistentVolumeClaim)
         self.volume_given = volume_given  # volume name -> the folder the caller maps it to
+        self.endpoints: Path | None = None  # the local cluster's Service-name table (localcluster.py)
 
     def prepare(self, node: Node) -> tuple[list[str], list[str], dict[str, str], str | None]:
         """argv to run, argv to show (before $(VAR) expansion: no secrets), env and cwd of an attempt.
@@ -84,6 +85,8 @@ class Containers:
         argv = [k8s_expand(a, defined) for a in shown]  # Kubernetes expands $(VAR) in command/args
         env["ARGO_PROGRESS_FILE"] = str(node.dir / "progress")
         env["KUBELLM_LOCAL_RUN"] = "1"
+        if self.endpoints is not None:
+            env["KUBELLM_LOCAL_ENDPOINTS"] = str(self.endpoints)
         env.setdefault("PYTHONUNBUFFERED", "1")
         cwd = None
         if container.get("workingDir"):
@@ -92,7 +95,7 @@ class Containers:
                 raise TaskError(f"{tp}.container.workingDir: {container['workingDir']} is neither a mounted volume "
                                 "nor a folder on this machine")
             cwd = wd
-        self._schedule(node, container, lookup)
+        self.schedule(node, container, lookup)
         return argv, shown, env, cwd
 
     def _map_paths(self, node: Node, base: Callable[[str], str]) -> tuple[list[tuple[str, Path]], dict[str, str]]:
@@ -146,7 +149,7 @@ class Containers:
         return mapping, paths
 
     @staticmethod
-    def _schedule(node: Node, container: dict, lookup: Callable[[str], str]) -> None:
+    def schedule(node: Node, container: dict, lookup: Callable[[str], str]) -> None:
         """The attempt's deadline and, for a daemon, when to probe it and when to give up."""
         tmpl, tp = node.tmpl, node.tpath
         deadlines = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 import signal
@@ -20,8 +21,10 @@ from typing import Any
 import yaml
 
 from workflows.refs import ancestors, dag_dependencies
+from workflows.argo import conditions
 from workflows.runner.binding import Binder
-from workflows.runner.container import Containers
+from workflows.runner.container import Containers, inherited_env
+from workflows.runner.localcluster import LocalCluster, read_manifest
 from workflows.runner.display import Display
 from workflows.runner.errors import TaskError, WorkflowError
 from workflows.runner.expressions import as_str, eval_when, evaluate, subst
@@ -36,7 +39,8 @@ from workflows.runner.supported import preflight
 
 class Run:
     def __init__(self, doc: dict, out: Path, parameters: dict[str, str], volumes: dict[str, Path],
-                 jobs: int | None, semaphore_limits: dict[str, int], console: Any, stream_logs: bool) -> None:
+                 jobs: int | None, semaphore_limits: dict[str, int], console: Any, stream_logs: bool,
+                 cluster: Path | None = None) -> None:
         preflight(doc, volumes)
         self.spec = json.loads(json.dumps(doc["spec"], default=str))  # plain JSON types, also for the resume check
         self.templates = {t["name"]: (t, f"spec.templates[{i}]") for i, t in enumerate(self.spec["templates"])}
@@ -50,8 +54,14 @@ class Run:
         self.console, self.stream_logs = console, stream_logs
         self.uid = check_resume(self.out, self.name, self.params, self.spec)
         self.binder = Binder(self.out, self.name, self.uid, self.params, self.templates)
-        self.containers = Containers(self.binder, volume_sources,
-                                     {name: Path(folder).resolve() for name, folder in volumes.items()})
+        given = {name: Path(folder).resolve() for name, folder in volumes.items()}
+        self.containers = Containers(self.binder, volume_sources, given)
+        claims = {v["persistentVolumeClaim"]["claimName"]: given.get(n) or self.out / "volumes" / n
+                  for n, v in volume_sources.items() if (v.get("persistentVolumeClaim") or {}).get("claimName")}
+        self.cluster = LocalCluster(Path(cluster).resolve() if cluster else self.out / "cluster", claims,
+                                    inherited_env(os.environ))
+        self.containers.endpoints = self.cluster.root / "endpoints.json"
+        self.waiting: list[Node] = []  # resource nodes waiting for their object's conditions
         self.queue: list[Node] = []
         self.held: dict[str, int] = {}
         self.rows: list[Any] = []  # Node and skipped/omitted Task, in order of appearance
@@ -116,7 +126,7 @@ class Run:
         return self._new_dag("", wrapper, "spec", {}, {}, None)
 
     def _check_stall(self) -> None:
-        if self.changed or any(n.retry_at is not None for n in self.queue):
+        if self.changed or self.waiting or any(n.retry_at is not None for n in self.queue):
             return
         # a ready daemon only serves: if nothing else runs and the queue cannot move (a DAG's parallelism
         # slot or a semaphore held by the daemon), nothing ever will
@@ -290,7 +300,7 @@ class Run:
         if node.daemon and task.keep_daemon_down:
             node.phase, node.reused = "Succeeded", True
             node.message = "not restarted: it and every task after it already succeeded"
-        elif (not node.daemon and status.get("phase") == "Succeeded" and status.get("inputs") == inputs
+        elif (not node.daemon and "resource" not in tmpl and status.get("phase") == "Succeeded" and status.get("inputs") == inputs
               and status.get("in_artifacts") == arts_key
               and not any(p is not None and self.binder.stale(p) for p in in_arts.values())
               and all(Path(p).exists() for p in (status.get("outputs") or {}).get("artifacts", {}).values())):
@@ -377,6 +387,9 @@ class Run:
         shutil.rmtree(node.dir / "params", ignore_errors=True)
         (node.dir / "params").mkdir()
         (node.dir / "artifacts").mkdir(exist_ok=True)
+        if "resource" in node.tmpl:
+            self._apply(node)
+            return
         try:
             argv, shown, env, cwd = self.containers.prepare(node)
         except (TaskError, WorkflowError) as e:
@@ -389,7 +402,55 @@ class Run:
         node.phase, node.message = "Running", ""
         self.display.event(node.id, "Running", f"attempt {node.attempts}" if node.attempts > 1 else "")
 
+    def _apply(self, node: Node) -> None:
+        """A resource template: act on the local cluster now, then wait for the conditions in _poll."""
+        tp = node.tpath
+        try:
+            lookup = self.binder.container_lookup(node, {})
+            r = subst(node.tmpl["resource"], lookup, f"{tp}.resource")
+            success = conditions.parse(r.get("successCondition") or "")
+            failure = conditions.parse(r.get("failureCondition") or "")
+            manifest = read_manifest(r["manifest"], f"{tp}.resource.manifest")
+            obj = self.cluster.act(r["action"], manifest, r.get("mergeStrategy") or "strategic", f"{tp}.resource")
+            self.containers.schedule(node, {}, lookup)
+        except ValueError as e:  # a condition that does not parse after substitution
+            self._attempt_done(node, "Error", f"{tp}.resource: {e}")
+            return
+        except TaskError as e:
+            self._attempt_done(node, "Error", str(e))
+            return
+        with open(node.dir / "log.txt", "a") as log:
+            log.write(f"=== attempt {node.attempts}: kubectl {r['action']} {obj['kind'].lower()}/"
+                      f"{obj['metadata']['name']} (local cluster {self.cluster.root}, generation "
+                      f"{obj['metadata']['generation']}); waiting for: {r.get('successCondition') or 'nothing'}\n")
+        node.resource, node.probe_next = (obj, success, failure), 0.0
+        node.phase, node.message = "Running", ""
+        self.waiting.append(node)
+        self.display.event(node.id, "Running", f"{r['action']} {obj['kind']}/{obj['metadata']['name']}")
+
+    def _poll_resources(self) -> None:
+        now = time.monotonic()
+        for node in list(self.waiting):
+            if now < node.probe_next:
+                continue
+            node.probe_next = now + 1.0  # Argo polls every 5 s (RESOURCE_STATE_CHECK_INTERVAL)
+            obj, success, failure = node.resource
+            outcome, status = self.cluster.wait_state(obj, success, failure)
+            if outcome is None and node.deadline is not None and now >= node.deadline:
+                outcome = f"failed: activeDeadlineSeconds exceeded after {now - node.t_attempt:.1f}s; status {status}"
+            if outcome is None:
+                continue
+            self.waiting.remove(node)
+            node.intervals.append((node.t_attempt, now))
+            with open(node.dir / "log.txt", "a") as log:
+                log.write(f"{outcome}; status {status}\n")
+            if outcome == "succeeded":
+                self._attempt_done(node, "Succeeded", "")
+            else:
+                self._attempt_done(node, "Failed", outcome.removeprefix("failed: "))
+
     def _poll(self) -> None:
+        self._poll_resources()
         for node, outcome in self.procs.poll():
             if outcome is None:
                 problems = self.binder.collect_outputs(node)
@@ -476,16 +537,17 @@ def load_workflow(path: str | Path) -> dict:
 def run_workflow(doc: dict, out: Path, parameters: dict[str, str] | None = None,
                  volumes: dict[str, Path] | None = None, jobs: int | None = None,
                  semaphore_limits: dict[str, int] | None = None, console: Any = None,
-                 stream_logs: bool = False) -> RunResult:
+                 stream_logs: bool = False, cluster: Path | None = None) -> RunResult:
     """Execute a rendered Workflow with local processes; `out` is the run folder (docs/runner.md).
 
     parameters: overrides of spec.arguments.parameters. volumes: volume name -> local folder.
     jobs: max concurrent non-daemon nodes (default spec.parallelism, else 1).
     semaphore_limits: "configmap/key" (or "key") -> limit (default 1).
+    cluster: the local cluster's folder, where resource templates put their objects (default <out>/cluster).
     Raises WorkflowError before anything runs when the workflow cannot run locally.
     """
     run = Run(doc, Path(out), {k: as_str(v) for k, v in (parameters or {}).items()}, volumes or {}, jobs,
-              semaphore_limits or {}, console, stream_logs)
+              semaphore_limits or {}, console, stream_logs, cluster)
     return run.execute()
 
 

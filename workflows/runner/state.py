@@ -78,6 +78,7 @@ class Node:
     log_start: int = 0
     stream_pos: int = 0
     recorded: dict | None = None  # status.json of the earlier run this node was reused from
+    resource: tuple | None = None  # a resource node: (object, success, failure requirements)
     art_paths: dict = field(default_factory=dict)
     param_paths: dict = field(default_factory=dict)
 

@@ -32,7 +32,10 @@ SUPPORTED: dict[str, dict[str, str | None]] = {
     "template": {"name": None, "container": "container", "dag": "dag", "inputs": "inputs",
                  "outputs": "outputs", "retryStrategy": "retry", "activeDeadlineSeconds": None,
                  "timeout": None, "daemon": None, "synchronization": "sync", "volumes": "[volume]",
-                 "parallelism": None, "podSpecPatch": None},
+                 "parallelism": None, "podSpecPatch": None, "resource": "resource"},
+    # a resource template acts on the local cluster (localcluster.py)
+    "resource": {"action": None, "manifest": None, "mergeStrategy": None, "successCondition": None,
+                 "failureCondition": None},
     "container": {"command": None, "args": None, "env": "[env]", "workingDir": None,
                   "volumeMounts": "[mount]", "readinessProbe": "probe"},
     "env": {"name": None, "value": None, "valueFrom": "env-source"},
@@ -174,6 +177,8 @@ def _check_template(template: Template, declared_volumes: set) -> list[str]:
     kinds = [k for k in t if k in TEMPLATE_KINDS and k not in ("container", "dag")]
     if is_c == is_d and not kinds:
         problems.append(f"{tp}: needs exactly one of container or dag")
+    if "resource" in t:
+        problems += _check_resource(t, tp)
     if is_c:
         problems += _check_container(t, tp)
         known_volumes = declared_volumes | {v.get("name") for v in t.get("volumes") or []}
@@ -256,6 +261,33 @@ def _check_fields(value: Any, kind: str, path: str, problems: list[str], volumes
             problems.append(f"{sub}: not supported by the local runner (supported: {', '.join(sorted(allowed))})")
 
 
+def _check_resource(t: dict, tp: str) -> list[str]:
+    from workflows.argo import conditions
+    from workflows.runner.localcluster import ACTIONS, MERGE_STRATEGIES
+
+    problems = []
+    r = t.get("resource") or {}
+    if r.get("action") not in ACTIONS:
+        problems.append(f"{tp}.resource.action: {r.get('action')!r} is not supported by the local runner "
+                        f"(supported: {', '.join(ACTIONS)})")
+    if r.get("mergeStrategy") not in (None, "", *MERGE_STRATEGIES):
+        problems.append(f"{tp}.resource.mergeStrategy: {r['mergeStrategy']!r} is not supported by the local runner "
+                        f"(supported: {', '.join(MERGE_STRATEGIES)})")
+    if not r.get("manifest"):
+        problems.append(f"{tp}.resource.manifest: required locally")
+    for key in ("successCondition", "failureCondition"):
+        text = str(r.get(key) or "")
+        if text and "{{" not in text:
+            try:
+                conditions.parse(text)
+            except ValueError as e:
+                problems.append(f"{tp}.resource.{key}: {e}")
+    outputs = t.get("outputs") or {}
+    if outputs.get("parameters") or outputs.get("artifacts"):
+        problems.append(f"{tp}.outputs: a resource template's outputs are not supported by the local runner")
+    return problems
+
+
 def _check_container(t: dict, tp: str) -> list[str]:
     problems = []
     c = t.get("container") or {}
@@ -298,7 +330,7 @@ def _check_variables(wf: WorkflowRefs) -> list[str]:
         return scopes[t.index]
 
     for use in wf.uses(skip=_NOT_SUBSTITUTED):
-        if use.template is not None and not use.in_dag_scope and "container" not in use.template.body:
+        if use.template is not None and not use.in_dag_scope and not ({"container", "resource"} & set(use.template.body)):
             continue  # a script, steps, ... template is refused as a field
         if use.is_expression:
             problems.append(f"{use.path}: expression template '{use.tag}' is not supported by the local runner")
