@@ -62,10 +62,11 @@ def pair_text(premise: str, hypothesis: str) -> str:
 
 
 def sft_example(premise: str, hypothesis: str, label: str) -> dict:
-    """A training row for steps.finetune (question -> answer), worded exactly as a chat model is
-    asked at prediction time (the user turn of `NliModel.prompt`), so training teaches the very
-    continuation that prediction scores."""
-    return {"question": f"{INSTRUCTION}\n\n{pair_text(premise, hypothesis)}", "answer": label}
+    """A training row for steps.finetune (question -> answer), worded exactly as a model is asked at
+    prediction time (`NliModel.prompt`): `question` is a chat model's user turn, `text2text` a seq2seq
+    model's encoder input; so training teaches the very continuation that prediction scores."""
+    return {"question": f"{INSTRUCTION}\n\n{pair_text(premise, hypothesis)}", "answer": label,
+            "text2text": pair_text(premise, hypothesis)}  # what a seq2seq model's encoder reads
 
 
 def _read_json(path: Path) -> dict:

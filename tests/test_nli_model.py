@@ -221,3 +221,6 @@ def test_training_rows_are_the_prediction_prompt(smollm2):
     asked = nli_model.NliModel.prompt(SimpleNamespace(kind="causal", chat=True, tokenizer=tok),
                                       "A cat sleeps.", "An animal rests.")
     assert trained == asked and row["answer"] == "entailment"
+    # a seq2seq model's encoder reads the row's text2text (steps.finetune), which is its prompt
+    assert row["text2text"] == nli_model.NliModel.prompt(SimpleNamespace(kind="seq2seq"), "A cat sleeps.",
+                                                         "An animal rests.")
