@@ -1,3 +1,5 @@
+# Over 600 lines: the generator and its label rules are one argument (why each label is right by
+# construction) that reads best in one place; the external-data reader lives in steps.nli_external.
 """nli_data: a Kubernetes NLI data set (premise, hypothesis -> entailment / neutral / contradiction)
 built from the Kubernetes v1.28 API reference, with labels that are right by construction.
 
@@ -34,34 +36,49 @@ Documents stating a default or a bound come first, and a description shared by m
 many neutral pairs as entailment and as contradiction pairs). Splits are by premise document (or
 by class, `split_unit=class`): all pairs of a document are in one split.
 
+`dataset` other than k8s-reference (the generator above) reads MultiNLI-format data instead: a
+.jsonl file, a folder holding train.jsonl (validation.jsonl and test.jsonl optional), or a hub ID
+(nyu-mll/multi_nli) loaded with `datasets.load_dataset`, from the local cache when offline (its
+validation_matched split validates, validation_mismatched tests). Rows need premise, hypothesis
+and label: the word or MultiNLI's 0/1/2 (0 entailment); MultiNLI's own names sentence1, sentence2,
+gold_label are read too. Rows without a gold label (-1, "-") are skipped and counted. A split not
+given is carved from train by premise text, so no premise is in two carved splits, and max_pairs
+keeps a seeded sample of each split in proportion. The generator's settings (kb, k8s_source,
+max_per_doc, split_unit, premise_metadata, max_premise_chars) do not apply to such data.
+
 Output folder (replaced atomically): train.jsonl, validation.jsonl, test.jsonl (MultiNLI fields
 premise, hypothesis, label, genre = topic, plus doc_id, fact = fact type, spec = the fact's
-structured form, id), train_sft.jsonl (the train split as steps.finetune reads it: the prediction
-prompt -> the label word) and manifest.json (counts per split, label and fact type, config, seed).
+structured form, id; for external data: its genre or "", its id or <split>-<n>, and doc_id a hash
+of the premise text), train_sft.jsonl (the train split as steps.finetune reads it: the prediction
+prompt -> the label word) and manifest.json (counts per split, label and fact type, config, seed,
+source.dataset).
 
     python -m steps.nli_data --out runs/nli-data
     python -m steps.nli_data --out runs/nli-data --kb runs/kb max_pairs=600 seed=1
     python -m steps.nli_data --out /tmp/nli max_pairs=30 max_per_doc=3     # tiny
+    python -m steps.nli_data --out runs/mnli --dataset data/mnli max_pairs=20000   # train.jsonl, ...
+    python -m steps.nli_data --out runs/mnli --dataset nyu-mll/multi_nli          # hub or its cache
 """
 
 from __future__ import annotations
 
 import random
 import re
+import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from steps._cli import main
 from steps._io import atomic_path, read_jsonl, write_jsonl, write_manifest
+from steps.nli_external import GENERATED, SPLITS, cap_splits, dataset_source, premise_id, read_hub, read_local
 from steps.nli_model import sft_example
 from steps.k8s_reference import K8sFiles, k8s_documents, load_k8s_files, parse_model_file
 
-LABELS = ("entailment", "neutral", "contradiction")
-SPLITS = ("train", "validation", "test")
+LABELS = ("entailment", "neutral", "contradiction")  # also MultiNLI's order: 0, 1, 2
 # rarer fact types first, so that a document's few pairs favour its most informative facts
 FACT_TYPES = ("default", "minimum", "maximum", "required", "type", "kind")
 
@@ -101,6 +118,10 @@ class NliDataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     out: Path = Field(description="output folder (train/validation/test.jsonl, manifest.json); replaced atomically")
+    dataset: str = Field(GENERATED, min_length=1, description=(
+        f"the pairs: {GENERATED} (generated from the Kubernetes v1.28 reference), a MultiNLI-format .jsonl "
+        "file or a folder with train.jsonl (validation.jsonl, test.jsonl optional), or a hub ID such as "
+        "nyu-mll/multi_nli (needs the datasets package; offline, its local cache)"))
     kb: Path | None = Field(None, description="a steps.harvest output folder to read field documents from "
                             "(docs.jsonl); default: read the Kubernetes API reference directly")
     k8s_source: Path | None = Field(None, description="kubernetes wheel or unpacked folder to read the reference "
@@ -121,6 +142,9 @@ class NliDataConfig(BaseModel):
 
     @model_validator(mode="after")
     def _fractions_sum_to_one(self) -> "NliDataConfig":
+        if self.dataset != GENERATED and (self.kb is not None or self.k8s_source is not None):
+            raise ValueError(f"kb and k8s_source only apply to dataset={GENERATED} (the generated pairs), and "
+                             f"dataset is {self.dataset!r}; unset them, or set dataset={GENERATED}")
         if self.kb is not None and self.k8s_source is not None:
             raise ValueError("kb and k8s_source are both set; give kb (a harvest folder) or k8s_source "
                              "(read the reference directly), not both")
@@ -531,17 +555,42 @@ def label_agreement(pairs: list[dict], labelled: list[dict]) -> float:
     return sum(by_text[(r["premise"], r["hypothesis"])] == r["label"] for r in common) / len(common)
 
 
+def external_splits(cfg: NliDataConfig, kind: str, path: Path | None) -> tuple[dict[str, list[dict]], dict]:
+    """The output splits of MultiNLI-format data, and what the manifest says of where they came from."""
+    given, skipped, names = read_local(path) if kind == "local" else read_hub(cfg.dataset)
+    for rows in given.values():
+        for p in rows:
+            p["doc_id"] = premise_id(p["premise"])
+    # A split not given (or given without one labelled row) is carved from train by premise, with
+    # train and the missing splits sharing train's rows by their configured fractions.
+    missing = [s for s in SPLITS[1:] if not given.get(s)]
+    fractions = {"train": cfg.train_fraction, "validation": cfg.validation_fraction, "test": cfg.test_fraction}
+    share = sum(fractions[s] for s in ("train", *missing))
+    carved = split_pairs(given["train"], cfg, [fractions[s] / share if s in ("train", *missing) else 0.0
+                                               for s in SPLITS], by_document=True)
+    splits = {s: carved[s] if s == "train" or s in missing else given[s] for s in SPLITS}
+    splits = cap_splits(splits, cfg.max_pairs, cfg.seed)
+    for name, rows in splits.items():
+        # mixed order, as split_pairs leaves it: a reader taking the first N rows gets many premises
+        random.Random(f"{cfg.seed}:{name}").shuffle(rows)
+        splits[name] = [{**p, "id": p["id"] or f"{name}-{n}"} for n, p in enumerate(rows, 1)]
+    origin = {s: names[s] if s in names and s not in missing else f"carved from {names['train']}" for s in SPLITS}
+    return splits, {"dataset": cfg.dataset, **({"path": str(path.resolve())} if path else {}),
+                    "splits": origin, "skipped_no_label": skipped}
+
 # --------------------------------------------------------------------------- the step
 
 
-def split_pairs(pairs: list[dict], cfg: NliDataConfig) -> dict[str, list[dict]]:
-    """Assign whole units (documents or classes) to splits by the configured fractions."""
+def split_pairs(pairs: list[dict], cfg: NliDataConfig, fractions: Sequence[float] | None = None,
+                by_document: bool = False) -> dict[str, list[dict]]:
+    """Assign whole units (documents or classes) to splits by the configured fractions (or
+    `fractions`: train, validation, test). `by_document`: documents, whatever split_unit says."""
     def unit(p: dict) -> str:
-        return p["doc_id"] if cfg.split_unit == "document" else p["doc_id"].rsplit("/", 1)[0]
+        return p["doc_id"] if by_document or cfg.split_unit == "document" else p["doc_id"].rsplit("/", 1)[0]
 
     units = sorted({unit(p) for p in pairs})
     random.Random(f"{cfg.seed}:split").shuffle(units)
-    fractions = [cfg.train_fraction, cfg.validation_fraction, cfg.test_fraction]
+    fractions = list(fractions or [cfg.train_fraction, cfg.validation_fraction, cfg.test_fraction])
     sizes = [int(round(f * len(units))) for f in fractions]
     sizes[0] = len(units) - sizes[1] - sizes[2]
     # tiny sets: a split with a share still gets one unit, taken from train while train keeps one
@@ -563,30 +612,57 @@ def split_pairs(pairs: list[dict], cfg: NliDataConfig) -> dict[str, list[dict]]:
     return out
 
 
-def run(cfg: NliDataConfig) -> dict:
-    t0 = time.monotonic()
-    if cfg.kb is not None:
-        docs = kb_docs(cfg.kb)
-        source: dict[str, Any] = {"kb": str(Path(cfg.kb).resolve())}
-    else:
-        src = load_k8s_files(cfg.k8s_source)
-        docs = reference_docs(src)
-        source = {"kubernetes_client_version": src.version, "api_release": src.release, "read_from": src.origin}
-    t_read = time.monotonic() - t0
-    pairs = generate_pairs(docs, cfg.seed, cfg.max_pairs, cfg.max_per_doc, cfg.premise_metadata,
-                           cfg.max_premise_chars)
-    if not pairs:
-        raise ValueError("no field document gave a pair: the documents need field descriptions (doc_type "
-                         "'field', as steps.harvest writes for k8s-api) no longer than max_premise_chars")
-    splits = split_pairs(pairs, cfg)
+def split_counts(splits: dict[str, list[dict]]) -> dict[str, Any]:
+    """The manifest's counts every source shares: pairs, premise documents and labels, per split and in all."""
+    pairs = [p for rows in splits.values() for p in rows]
     counts: dict[str, Any] = {"pairs": len(pairs), "premise_documents": len({p["doc_id"] for p in pairs})}
     for name, rows in splits.items():
         counts[name] = {"pairs": len(rows), "documents": len({p["doc_id"] for p in rows}),
-                        "labels": {lab: sum(p["label"] == lab for p in rows) for lab in LABELS},
-                        "facts": dict(sorted(Counter(p["fact"] for p in rows).items()))}
+                        "labels": {lab: sum(p["label"] == lab for p in rows) for lab in LABELS}}
     counts["labels"] = {lab: sum(p["label"] == lab for p in pairs) for lab in LABELS}
-    counts["facts"] = {f: dict(Counter(p["label"] for p in pairs if p["fact"] == f)) for f in FACT_TYPES}
     counts["genres"] = dict(sorted(Counter(p["genre"] for p in pairs).items()))
+    return counts
+
+
+def run(cfg: NliDataConfig) -> dict:
+    t0 = time.monotonic()
+    kind, path = dataset_source(cfg.dataset)  # a value that names nothing fails before any work
+    packages = ["pydantic"]
+    if kind != "generated":
+        splits, source = external_splits(cfg, kind, path)
+        packages += ["datasets"] if kind == "hub" else []
+        if not splits["train"]:
+            raise ValueError(f"dataset={cfg.dataset!r} gave no labelled pair for train; give rows with premise, "
+                             "hypothesis and a label (entailment, neutral, contradiction or 0/1/2)")
+        t_read = time.monotonic() - t0
+        counts = split_counts(splits)
+        counts["skipped_no_label"] = sum(source["skipped_no_label"].values())
+        # carved splits share no premise; given ones (a folder's files, the hub's splits) may
+        owners = Counter(d for rows in splits.values() for d in {p["doc_id"] for p in rows})
+        shared = counts["premises_in_two_splits"] = sum(n > 1 for n in owners.values())
+        if shared:
+            print(f"nli_data: {shared} premise(s) of {cfg.dataset} are in more than one split (the given "
+                  "files share them); see manifest.json counts.premises_in_two_splits", file=sys.stderr)
+    else:
+        if cfg.kb is not None:
+            docs = kb_docs(cfg.kb)
+            source = {"dataset": GENERATED, "kb": str(Path(cfg.kb).resolve())}
+        else:
+            src = load_k8s_files(cfg.k8s_source)
+            docs = reference_docs(src)
+            source = {"dataset": GENERATED, "kubernetes_client_version": src.version, "api_release": src.release,
+                      "read_from": src.origin}
+        t_read = time.monotonic() - t0
+        pairs = generate_pairs(docs, cfg.seed, cfg.max_pairs, cfg.max_per_doc, cfg.premise_metadata,
+                               cfg.max_premise_chars)
+        if not pairs:
+            raise ValueError("no field document gave a pair: the documents need field descriptions (doc_type "
+                             "'field', as steps.harvest writes for k8s-api) no longer than max_premise_chars")
+        splits = split_pairs(pairs, cfg)
+        counts = split_counts(splits)
+        for name, rows in splits.items():
+            counts[name]["facts"] = dict(sorted(Counter(p["fact"] for p in rows).items()))
+        counts["facts"] = {f: dict(Counter(p["label"] for p in pairs if p["fact"] == f)) for f in FACT_TYPES}
     with atomic_path(cfg.out, is_dir=True) as tmp:
         for name, rows in splits.items():
             write_jsonl(tmp / f"{name}.jsonl", rows)
@@ -595,9 +671,10 @@ def run(cfg: NliDataConfig) -> dict:
                                               for p in splits["train"]])
         write_manifest(tmp, "nli_data", cfg, counts=counts,
                        timings={"read": round(t_read, 3), "total": round(time.monotonic() - t0, 3)},
-                       packages=["pydantic"], extra={"seed": cfg.seed, "source": source})
-    return {"out": str(cfg.out), "pairs": len(pairs), "labels": counts["labels"],
-            **{name: counts[name]["pairs"] for name in SPLITS}}
+                       packages=packages, extra={"seed": cfg.seed, "source": source})
+    return {"out": str(cfg.out), "pairs": counts["pairs"], "labels": counts["labels"],
+            **{name: counts[name]["pairs"] for name in SPLITS},
+            **({"skipped_no_label": counts["skipped_no_label"]} if "skipped_no_label" in counts else {})}
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ that ignore the value, or ignore which field a hypothesis is about, and shows th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import subprocess
@@ -35,8 +36,10 @@ import pytest
 from pydantic import ValidationError
 
 from steps._cli import main
-from steps.nli_data import (LABELS, SPLITS, NliDataConfig, build_index, candidate_facts, generate_pairs,
-                            label_agreement, label_for, premise_text, reference_docs, render, run)
+from steps.nli_external import external_pair, hub_split_names
+from steps.nli_data import (LABELS, SPLITS, NliDataConfig, build_index, candidate_facts,
+                            generate_pairs, label_agreement, label_for, premise_text,
+                            reference_docs, render, run)
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = Path(__file__).parent / "fixtures" / "nli" / "k8s_nli_labelled.jsonl"
@@ -299,3 +302,291 @@ def test_cli_end_to_end(tmp_path):
                                capture_output=True, text=True, timeout=60).stdout
     assert "--max-per-doc" in help_text and "--kb" in help_text
 
+
+
+# ------------------------------------------------------------------ MultiNLI-format data (dataset=...)
+
+
+def write_rows(path: Path, rows: list, blank_after: int | None = None) -> Path:
+    """One JSON value a line (a str row is written as it is: a broken line)."""
+    lines = [r if isinstance(r, str) else json.dumps(r) for r in rows]
+    if blank_after is not None:
+        lines.insert(blank_after, "")
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def premise_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def read_splits(out: Path) -> dict[str, list[dict]]:
+    return {s: read_rows(out / f"{s}.jsonl") for s in SPLITS}
+
+
+def premise_owners(splits: dict[str, list[dict]]) -> dict[str, set[str]]:
+    owners: dict[str, set[str]] = {}
+    for name, rows in splits.items():
+        for r in rows:
+            owners.setdefault(r["premise"], set()).add(name)
+    return owners
+
+
+def test_jsonl_file_with_word_int_and_multinli_labels(tmp_path):
+    rows, expected = [], {}
+    for i in range(10):
+        premise = f"Premise number {i} says something."
+        for j, word in enumerate(LABELS):
+            hyp = f"Hypothesis {i}.{j}."
+            expected[(premise, hyp)] = word
+            if i < 4:  # the label word, in any case, with a genre and an id
+                rows.append({"premise": premise, "hypothesis": hyp, "label": word.upper() if j else word.title(),
+                             "genre": "fiction", "id": f"w{i}{j}"})
+            elif i < 7:  # MultiNLI's integers (as on the hub), no genre, no id
+                rows.append({"premise": premise, "hypothesis": hyp, "label": j})
+            else:  # MultiNLI's own files: sentence1, sentence2, gold_label, pairID
+                rows.append({"sentence1": premise, "sentence2": hyp, "gold_label": word, "genre": "telephone",
+                             "pairID": f"{i}{j}n"})
+    rows += [{"sentence1": "Premise number 7 says something.", "sentence2": "Nobody agreed.", "gold_label": "-"},
+             {"premise": "Premise number 0 says something.", "hypothesis": "No gold label.", "label": -1},
+             {"premise": "Premise number 5 says something.", "hypothesis": "No gold label.", "label": "-1"}]
+    src = write_rows(tmp_path / "pairs.jsonl", rows, blank_after=5)
+    out = tmp_path / "out"
+    summary = run(NliDataConfig(out=out, dataset=str(src)))
+    assert summary == {"out": str(out), "pairs": 30, "labels": {lab: 10 for lab in LABELS},
+                       "train": 24, "validation": 3, "test": 3, "skipped_no_label": 3}
+    splits = read_splits(out)
+    got = {(r["premise"], r["hypothesis"]): r["label"] for rows in splits.values() for r in rows}
+    assert got == expected
+    for name, split_rows in splits.items():
+        for r in split_rows:
+            assert list(r) == ["premise", "hypothesis", "label", "genre", "id", "doc_id"]
+            assert r["doc_id"] == premise_hash(r["premise"])
+            n = int(r["premise"].split()[2])
+            if n < 4:
+                assert (r["genre"], r["id"]) == ("fiction", f"w{n}{r['hypothesis'][-2]}")
+            elif n < 7:
+                assert r["genre"] == "" and re.fullmatch(rf"{name}-\d+", r["id"]), r
+            else:
+                assert (r["genre"], r["id"]) == ("telephone", f"{n}{r['hypothesis'][-2]}n")
+    ids = [r["id"] for rows in splits.values() for r in rows]
+    assert len(set(ids)) == 30
+    assert all(len(s) == 1 for s in premise_owners(splits).values())
+    sft = read_rows(out / "train_sft.jsonl")
+    assert [r["answer"] for r in sft] == [r["label"] for r in splits["train"]]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["source"] == {"dataset": str(src), "path": str(src.resolve()),
+                                  "splits": {"train": "pairs.jsonl", "validation": "carved from pairs.jsonl",
+                                             "test": "carved from pairs.jsonl"},
+                                  "skipped_no_label": {"pairs.jsonl": 3}}
+    counts = manifest["counts"]
+    assert counts["skipped_no_label"] == 3 and counts["premises_in_two_splits"] == 0
+    assert counts["premise_documents"] == 10 and counts["genres"] == {"": 9, "fiction": 12, "telephone": 9}
+    assert [counts[s]["documents"] for s in SPLITS] == [8, 1, 1]
+    for name, split_rows in splits.items():
+        assert counts[name]["labels"] == {lab: sum(r["label"] == lab for r in split_rows) for lab in LABELS}
+
+
+def test_folder_with_train_and_test_carves_validation_from_train(tmp_path, capsys):
+    folder = tmp_path / "mnli"
+    folder.mkdir()
+    write_rows(folder / "train.jsonl", [{"premise": f"Train premise {i}.", "hypothesis": f"Claim {i}.{j}.",
+                                         "label": (i + j) % 3} for i in range(14) for j in range(2)])
+    test = [{"premise": f"Test premise {i}.", "hypothesis": "A claim.", "label": "neutral", "id": f"t{i}"}
+            for i in range(3)]
+    write_rows(folder / "test.jsonl", test)
+    summary = run(NliDataConfig(out=tmp_path / "out", dataset=str(folder)))
+    # validation's 0.1 against train's 0.8: 2 of train's 14 premises (round(14 * 0.1 / 0.9)), not 1
+    assert (summary["train"], summary["validation"], summary["test"]) == (24, 4, 3)
+    splits = read_splits(tmp_path / "out")
+    assert sorted(r["id"] for r in splits["test"]) == ["t0", "t1", "t2"]
+    assert {r["premise"] for r in splits["validation"]} < {f"Train premise {i}." for i in range(14)}
+    assert all(len(s) == 1 for s in premise_owners(splits).values())
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["source"]["splits"] == {"train": "train.jsonl", "validation": "carved from train.jsonl",
+                                            "test": "test.jsonl"}
+    assert manifest["counts"]["premises_in_two_splits"] == 0 and "more than one split" not in capsys.readouterr().err
+
+    # given files that share a premise are kept as given, and the overlap is counted and reported
+    write_rows(folder / "test.jsonl", test + [{"premise": "Train premise 0.", "hypothesis": "Again.", "label": 2}])
+    run(NliDataConfig(out=tmp_path / "out", dataset=str(folder)))
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["counts"]["premises_in_two_splits"] == 1 and manifest["counts"]["test"]["pairs"] == 4
+    assert "1 premise(s) of" in capsys.readouterr().err
+
+
+def test_no_premise_in_two_splits_and_max_pairs_keeps_proportions(tmp_path):
+    src = write_rows(tmp_path / "all.jsonl", [
+        {"premise": f"The premise of document {i}.", "hypothesis": f"Hypothesis {j} about {i}.", "label": j}
+        for i in range(50) for j in range(3)])
+    full = run(NliDataConfig(out=tmp_path / "full", dataset=str(src)))
+    assert (full["train"], full["validation"], full["test"]) == (120, 15, 15)  # 40, 5 and 5 premises
+    full_splits = read_splits(tmp_path / "full")
+    assert len(premise_owners(full_splits)) == 50
+    assert all(len(s) == 1 for s in premise_owners(full_splits).values())
+
+    capped = run(NliDataConfig(out=tmp_path / "capped", dataset=str(src), max_pairs=60))
+    assert (capped["pairs"], capped["train"], capped["validation"], capped["test"]) == (60, 48, 6, 6)
+    capped_splits = read_splits(tmp_path / "capped")
+    for name in SPLITS:  # a sample of each split, not a new split
+        assert {r["id"] for r in capped_splits[name]} <= {r["id"] for r in full_splits[name]}
+    assert all(len(s) == 1 for s in premise_owners(capped_splits).values())
+
+    again = run(NliDataConfig(out=tmp_path / "again", dataset=str(src), max_pairs=60))
+    other = run(NliDataConfig(out=tmp_path / "other", dataset=str(src), max_pairs=60, seed=1))
+    assert again == {**capped, "out": str(tmp_path / "again")} and other["pairs"] == 60
+    for s in SPLITS:
+        assert (tmp_path / "again" / f"{s}.jsonl").read_bytes() == (tmp_path / "capped" / f"{s}.jsonl").read_bytes()
+    assert (tmp_path / "other" / "train.jsonl").read_bytes() != (tmp_path / "capped" / "train.jsonl").read_bytes()
+
+
+GOOD = {"premise": "A man plays a guitar.", "hypothesis": "A person makes music.", "label": "entailment"}
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({**GOOD, "label": "maybe"}, "line 3: label 'maybe' is not entailment, neutral, contradiction or 0/1/2; "
+                                 "fix the row's label (-1 or '-': no gold label, the row is skipped)"),
+    ({**GOOD, "label": 7}, "line 3: label 7 is not entailment, neutral, contradiction or 0/1/2"),
+    ({**GOOD, "label": True}, "line 3: label True is not entailment, neutral, contradiction or 0/1/2"),
+    ({**GOOD, "premise": "  "}, "line 3: premise is empty; give the row its premise text, or drop the row"),
+    ({**GOOD, "hypothesis": 5}, "line 3: hypothesis is not text"),
+    ({"sentence1": "A man plays.", "gold_label": "neutral"},
+     "line 3: no hypothesis (hypothesis or sentence2); every row needs premise, hypothesis and label"),
+    ({"premise": "A man plays.", "hypothesis": "Music."}, "line 3: no label (label or gold_label)"),
+    ('{"premise": "A man plays.", "hypothesis": ', "line 3: not valid JSON"),
+    (["A man plays.", "Music.", 0], "line 3: a JSON list, not an object"),
+])
+def test_bad_rows_name_the_file_line_and_field(tmp_path, bad, message):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    # line 2 is blank: line numbers count the lines of the file
+    write_rows(folder / "train.jsonl", [GOOD, bad], blank_after=1)
+    with pytest.raises(ValueError) as e:
+        run(NliDataConfig(out=tmp_path / "out", dataset=str(folder)))
+    assert str(e.value).startswith(f"{folder / 'train.jsonl'} {message}"), str(e.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_row_is_one_clear_cli_message(tmp_path, capsys):
+    src = write_rows(tmp_path / "train.jsonl", [GOOD, GOOD, GOOD, GOOD, GOOD, GOOD, {**GOOD, "label": "maybe"}])
+    with pytest.raises(SystemExit) as e:
+        main(NliDataConfig, run, argv=["--out", str(tmp_path / "out"), "--dataset", str(src)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: {src} line 7: label 'maybe' is not entailment, neutral, contradiction or 0/1/2" in err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("value", ["no/such/file.jsonl", "multi_nli", "./missing", "a/b/c"])
+def test_dataset_that_names_nothing_is_refused_before_any_work(tmp_path, value, capsys):
+    with pytest.raises(ValueError) as e:
+        run(NliDataConfig(out=tmp_path / "out", dataset=value))
+    assert str(e.value) == (
+        f"dataset={value!r}: no such file or folder, and not a hub ID; dataset takes 'k8s-reference' (pairs "
+        "generated from the Kubernetes reference), the path of a MultiNLI-format .jsonl file or of a folder "
+        "holding train.jsonl, or a hub ID owner/name such as nyu-mll/multi_nli")
+    with pytest.raises(SystemExit) as e:
+        main(NliDataConfig, run, argv=["--out", str(tmp_path / "out"), f"dataset={value}"])
+    assert e.value.code == 2 and "Traceback" not in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_local_paths_that_are_not_multinli_data(tmp_path):
+    (tmp_path / "mnli").mkdir()
+    (tmp_path / "mnli" / "multinli_1.0_train.jsonl").write_text("")
+    with pytest.raises(ValueError, match=r"holds no train.jsonl \(it holds multinli_1.0_train.jsonl\); name the "
+                                         r"files train.jsonl"):
+        run(NliDataConfig(out=tmp_path / "out", dataset=str(tmp_path / "mnli")))
+    (tmp_path / "pairs.csv").write_text("premise,hypothesis,label\n")
+    with pytest.raises(ValueError, match=r"pairs.csv' is not a .jsonl file"):
+        run(NliDataConfig(out=tmp_path / "out", dataset=str(tmp_path / "pairs.csv")))
+    write_rows(tmp_path / "unlabelled.jsonl", [{**GOOD, "label": "-"}])
+    with pytest.raises(ValueError, match="gave no labelled pair for train"):
+        run(NliDataConfig(out=tmp_path / "out", dataset=str(tmp_path / "unlabelled.jsonl")))
+    with pytest.raises(ValidationError, match="kb and k8s_source only apply to dataset=k8s-reference"):
+        NliDataConfig(out=tmp_path, dataset="nyu-mll/multi_nli", kb=tmp_path)
+    with pytest.raises(ValidationError, match="dataset"):
+        NliDataConfig(out=tmp_path, dataset="")
+
+
+def test_hub_id_not_in_the_cache_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # effective when datasets is first imported here
+    with pytest.raises(ValueError) as e:
+        run(NliDataConfig(out=tmp_path / "out", dataset="kubellm-test/no-such-nli"))
+    msg = str(e.value)
+    assert msg.startswith("dataset='kubellm-test/no-such-nli' is not in the local datasets cache and the hub "
+                          "cannot be reached (HF_HUB_OFFLINE=1): "), msg
+    assert msg.endswith("download it on a machine with hub access (python -c \"import datasets; datasets."
+                        "load_dataset('kubellm-test/no-such-nli')\") and bring its cache (HF_HOME, default "
+                        "~/.cache/huggingface) here, or export it to JSONL (premise, hypothesis, label) and give "
+                        "that file or folder as dataset"), msg
+    assert not (tmp_path / "out").exists()
+
+
+def test_hub_shaped_rows_normalise():
+    # a row of nyu-mll/multi_nli: an integer label (ClassLabel), genre, pairID, extra columns
+    row = {"promptID": 31193, "pairID": "31193n", "premise": "Conceptually cream skimming has two basic "
+           "dimensions - product and geography.", "hypothesis": "Product and geography are what make cream "
+           "skimming work. ", "genre": "government", "label": 1}
+    assert external_pair(row, "x", ["entailment", "neutral", "contradiction"]) == {
+        "premise": row["premise"], "hypothesis": row["hypothesis"], "label": "neutral", "genre": "government",
+        "id": "31193n"}
+    assert external_pair({**row, "label": -1}, "x", ["entailment", "neutral", "contradiction"]) is None
+    # the dataset's own ClassLabel names decide what an integer means, not MultiNLI's order
+    assert external_pair({**row, "label": 0}, "x", ["contradiction", "entailment", "neutral"])["label"] == \
+        "contradiction"
+    assert external_pair({**row, "label": 2, "promptID": None, "pairID": None}, "x")["label"] == "contradiction"
+    with pytest.raises(ValueError, match=r"^glue train row 4: label 1 is 'not_entailment' in the dataset's "
+                                         r"label names, not an NLI label"):
+        external_pair({**row, "label": 1}, "glue train row 4", ["entailment", "not_entailment"])
+    with pytest.raises(ValueError, match=r"label 3 is not entailment, neutral, contradiction or 0..1 \(the "
+                                         r"dataset's names: entailment, not_entailment\)"):
+        external_pair({**row, "label": 3}, "x", ["entailment", "not_entailment"])
+    assert hub_split_names(["train", "validation_matched", "validation_mismatched"]) == {
+        "train": "train", "validation": "validation_matched", "test": "validation_mismatched"}
+    assert hub_split_names(["test", "train", "validation"]) == {
+        "train": "train", "validation": "validation", "test": "test"}
+    assert hub_split_names(["train", "test"]) == {"train": "train", "test": "test"}
+
+
+def test_hub_dataset_splits_and_class_labels(tmp_path, monkeypatch):
+    """The hub path end to end on an in-memory DatasetDict standing in for load_dataset's answer."""
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features({"premise": datasets.Value("string"), "hypothesis": datasets.Value("string"),
+                                  "genre": datasets.Value("string"), "pairID": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["entailment", "neutral", "contradiction"])})
+
+    def split(tag: str, n: int, genre: str) -> "datasets.Dataset":
+        rows = [{"premise": f"{tag} premise {i // 3}.", "hypothesis": f"{tag} claim {i}.", "genre": genre,
+                 "pairID": f"{tag}{i}", "label": i % 3} for i in range(n)]
+        rows[0]["label"] = -1  # MultiNLI's no-gold-label marker
+        return datasets.Dataset.from_list(rows, features=features)
+
+    loaded = datasets.DatasetDict({"train": split("tr", 30, "fiction"), "validation_matched": split("vm", 6, "fiction"),
+                                   "validation_mismatched": split("mm", 9, "letters")})
+    asked = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda name: asked.append(name) or loaded)
+    summary = run(NliDataConfig(out=tmp_path / "out", dataset="nyu-mll/multi_nli"))
+    assert asked == ["nyu-mll/multi_nli"]
+    assert (summary["train"], summary["validation"], summary["test"], summary["skipped_no_label"]) == (29, 5, 8, 3)
+    splits = read_splits(tmp_path / "out")
+    assert {r["premise"].split()[0] for r in splits["test"]} == {"mm"}
+    assert {r["genre"] for r in splits["test"]} == {"letters"}
+    assert all(r["label"] == LABELS[int(r["id"][2:]) % 3] for rows in splits.values() for r in rows)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["source"] == {"dataset": "nyu-mll/multi_nli", "splits": {
+        "train": "train", "validation": "validation_matched", "test": "validation_mismatched"},
+        "skipped_no_label": {"train": 1, "validation_matched": 1, "validation_mismatched": 1}}
+    assert manifest["versions"]["datasets"] == datasets.__version__
+
+
+def test_help_is_fast_and_datasets_is_imported_lazily():
+    code = ("import sys, steps.nli_data; "
+            "heavy = [m for m in ('datasets', 'pyarrow', 'pandas', 'torch') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    help_text = subprocess.run([sys.executable, "-m", "steps.nli_data", "--help"], cwd=REPO,
+                               capture_output=True, text=True, timeout=60).stdout
+    assert "--dataset" in help_text and "nyu-mll/multi_nli" in help_text and "[default: k8s-reference]" in help_text
