@@ -44,6 +44,8 @@ compile: install
 	$(VENV)/bin/kubellm compile distill --store pvc -o workflows/rendered/distill-pvc.yaml
 	$(VENV)/bin/kubellm compile experiment -o workflows/rendered/experiment.yaml
 	$(VENV)/bin/kubellm compile experiment --store pvc -o workflows/rendered/experiment-pvc.yaml
+	$(VENV)/bin/kubellm compile nli -o workflows/rendered/nli.yaml
+	$(VENV)/bin/kubellm compile nli --store pvc -o workflows/rendered/nli-pvc.yaml
 
 check-k8s:
 	scripts/check_k8s.sh

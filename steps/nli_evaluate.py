@@ -216,7 +216,7 @@ def run(cfg: NliEvaluateConfig) -> dict:
         write_jsonl(tmp / "predictions.jsonl", per_pair)
         write_json(tmp / "report.json", result)
     write_metrics(cfg.metrics_dir, {"accuracy": result["finetuned"]["accuracy"],
-                                    "zero_shot_accuracy": result["zero_shot"]["accuracy"], "diff": d["mean"]})
+                                    "zero_shot_accuracy": result["zero_shot"]["accuracy"], "accuracy_diff": d["mean"]})
     print(result["verdict"])
     return {"verdict": result["verdict"], "finetuned_accuracy": result["finetuned"]["accuracy"],
             "zero_shot_accuracy": result["zero_shot"]["accuracy"]}

@@ -371,3 +371,15 @@ def test_kubellm_serve_nli_starts_the_service_by_hand(smollm2):
             proc.wait(timeout=60)
         finally:
             proc.kill()
+
+
+def test_a_batch_is_cut_into_passes_of_similar_length():
+    from steps.nli_service import Batcher
+
+    b = Batcher(16, 0.01, lambda n, s: None, max_length_ratio=1.3)
+    items = [(("p" * n, "h" * 10), f"f{n}") for n in (100, 12, 200, 95, 250, 14, 110)]
+    passes = b.passes(items)
+    sizes = [[len(p) + len(h) for (p, h), _ in group] for group in passes]
+    assert sizes == [[22, 24], [105, 110, 120], [210, 260]]
+    assert Batcher(16, 0.01, lambda n, s: None, max_length_ratio=1000).passes(items)[0] == sorted(
+        items, key=lambda i: len(i[0][0]))

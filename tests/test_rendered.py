@@ -12,7 +12,7 @@ from workflows.lint import lint_workflow
 from workflows.runner import check_supported
 
 ROOT = Path(__file__).resolve().parents[1]
-CASES = [(p, s) for p in ("distill", "experiment") for s in ("s3", "pvc")]
+CASES = [(p, s) for p in ("distill", "experiment", "nli") for s in ("s3", "pvc")]
 
 
 @pytest.mark.parametrize("pipeline,store", CASES, ids=lambda x: x)
@@ -27,11 +27,11 @@ def test_rendered_yaml_is_current_lints_clean_and_runs_locally(pipeline, store):
 VARIANTS = [{"gpus": "1"}, {"method": "qlora", "gpus": "1"}, {"method": "full"}, {"method": "full", "gpus": "2"},
             {"models": '[{"name": "smollm2-135m", "cpu": "1", "memory": "4Gi"}, {"name": "m/x", "gpus": 2}]',
              "serve-image": "ghcr.io/kubellm/serve:0.1.0"},
-            {"max-servers": "3"}]
+            {"max-servers": "3"}, {"dataset": "nyu-mll/multi_nli", "model": "google/flan-t5-small"}]
 
 
 @pytest.mark.parametrize("store", ("s3", "pvc"))
-@pytest.mark.parametrize("pipeline,params", [(p, v) for v in VARIANTS for p in ("distill", "experiment")
+@pytest.mark.parametrize("pipeline,params", [(p, v) for v in VARIANTS for p in ("distill", "experiment", "nli")
                                              if set(v) <= set(__import__(f"workflows.{p}", fromlist=["PARAMS"]).PARAMS)],
                          ids=str)
 def test_every_variant_passes_argos_rules_and_runs_locally(pipeline, params, store):

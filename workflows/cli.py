@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-PIPELINES = ("distill", "experiment")
+PIPELINES = ("distill", "experiment", "nli")
 
 
 
@@ -77,6 +77,8 @@ def to_yaml(doc: dict) -> str:
 
     def text(dumper: yaml.SafeDumper, value: str):
         style = "'" if YAML12_NON_STRING.match(value) else None
+        if "\n" in value and not any(line != line.rstrip() for line in value.split("\n")):
+            style = "|"  # a manifest or a script reads as itself (PyYAML cannot keep trailing blanks in it)
         return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
     Dumper.add_representer(str, text)
@@ -115,17 +117,20 @@ def cmd_run(a: argparse.Namespace) -> int:
     cache = Path(os.environ.get("KUBELLM_CACHE", Path.home() / ".cache" / "kubellm"))
     cache.mkdir(parents=True, exist_ok=True)
     try:
-        result = run_workflow(doc, out, volumes={"models": cache}, jobs=a.jobs, stream_logs=a.logs)
+        result = run_workflow(doc, out, volumes={"models": cache}, jobs=a.jobs, stream_logs=a.logs,
+                              cluster=cache / "local-cluster")
     except WorkflowError as e:
         raise SystemExit(f"cannot run {a.pipeline} locally: {e}") from None
     wall = time.monotonic() - t0
-    report = _collect_report(out, result) if a.pipeline == "distill" else _experiment_report(out, result)
+    report = {"distill": _collect_report, "experiment": _experiment_report, "nli": _collect_report}[a.pipeline](out, result)
     print(f"\n{a.pipeline}: {result.phase} in {wall / 60:.1f} min ({wall:.0f} s) -> {out}")
     if report:
         print(f"report: {report}")
         verdict = json.loads(Path(report).read_text()).get("verdict") if report.endswith(".json") else None
         if verdict:
             print(f"verdict: {verdict}")
+    if a.pipeline == "nli" and result.phase == "Succeeded":
+        _print_deployments(cache / "local-cluster")
     if result.phase != "Succeeded":
         print("re-run the same command (same --out) to retry: finished nodes are not redone", file=sys.stderr)
         return 1
@@ -149,6 +154,37 @@ def _collect_report(out: Path, result) -> str | None:
             shutil.copyfile(src / f, out / f)
     write_json(out / "report.json", report)
     return str(out / "report.json")
+
+
+def _print_deployments(root: Path) -> None:
+    from workflows.runner.localcluster import deployments
+
+    for d in deployments(root):
+        if d["running"]:
+            version = d["annotations"].get("kubellm.io/model-version", "?")
+            print(f"serving: {d['name']} (model version {version}) at {d['url']} (pid {d['pid']}); "
+                  f"try: curl -s {d['url']}/predict -H 'content-type: application/json' -d "
+                  "'{\"premise\": \"...\", \"hypothesis\": \"...\"}'; stop it: kubellm deployments --stop "
+                  f"{d['name']}")
+
+
+def cmd_deployments(a: argparse.Namespace) -> int:
+    """The local cluster's Deployments (what `kubellm run` deployed), and stopping them."""
+    from workflows.runner.localcluster import deployments, stop_deployments
+
+    root = Path(os.environ.get("KUBELLM_CACHE", Path.home() / ".cache" / "kubellm")) / "local-cluster"
+    if a.stop:
+        stopped = stop_deployments(root, None if a.stop == "all" else a.stop)
+        print(f"stopped: {', '.join(stopped)}" if stopped else f"nothing running named {a.stop!r}")
+        return 0
+    rows = deployments(root)
+    if not rows:
+        print(f"no deployments in the local cluster ({root})")
+    for d in rows:
+        state = f"running at {d['url']} (pid {d['pid']})" if d["running"] else "stopped"
+        print(f"{d['namespace']}/{d['name']}: {state}; model version "
+              f"{d['annotations'].get('kubellm.io/model-version', '-')}; logs {d['folder']}/log.txt")
+    return 0
 
 
 def _experiment_report(out: Path, result) -> str | None:
@@ -230,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", help="run folder (default runs/PIPELINE); re-running it resumes")
     r.add_argument("--store", default="s3", choices=("s3", "pvc"), help="artifact wiring to compile (both run locally)")
     r.add_argument("--jobs", type=int, default=None, help="nodes running at once (default 1)")
-    r.add_argument("--serve-port", type=int, default=None, help="local port for the model server (default 8000)")
+    r.add_argument("--serve-port", type=int, default=None, help="local port for the model server (default 8000; "
+                                                                "nli: the service, default 8080)")
     r.add_argument("--logs", action="store_true", help="stream node logs to the terminal")
     r.set_defaults(fn=cmd_run)
     li = sub.add_parser("lint", help="strict checks of rendered workflow files, and what they need from the cluster",
@@ -251,6 +288,10 @@ def main(argv: list[str] | None = None) -> int:
     sv.add_argument("service", choices=sorted(SERVICES))
     sv.add_argument("args", nargs=argparse.REMAINDER, help="the service's flags, e.g. --model DIR --port 8080")
     sv.set_defaults(fn=cmd_serve)
+    de = sub.add_parser("deployments", help="the services `kubellm run` left running (the local cluster), and "
+                                            "stopping them")
+    de.add_argument("--stop", metavar="NAME", help="stop the named deployment (all: every one)")
+    de.set_defaults(fn=cmd_deployments)
     pa = sub.add_parser("params", help="list a pipeline's parameters")
     pa.add_argument("pipeline", choices=PIPELINES)
     pa.set_defaults(fn=cmd_params)

@@ -53,6 +53,9 @@ METRIC_HELP = {
     "diff": "held-out score of a kubellm distillation: fine-tuned minus baseline (mean)",
     "finetuned": "held-out mean score of the fine-tuned student",
     "baseline": "held-out mean score of the baseline student",
+    "accuracy": "test accuracy of a kubellm NLI model after fine-tuning",
+    "zero_shot_accuracy": "test accuracy of a kubellm NLI model before fine-tuning",
+    "accuracy_diff": "test accuracy of a kubellm NLI model: fine-tuned minus zero-shot",
 }
 
 
@@ -137,6 +140,23 @@ def check_images(values: dict[str, str], gpus: bool, names: tuple[str, ...]) -> 
                              f"-p {k}={IMAGES[kind]['cuda']} (or your own CUDA build, images/build.sh)")
 
 
+def check_training(values: dict[str, str], model_param: str, images: tuple[str, ...], files: bool = True) -> None:
+    """What a pipeline that fine-tunes refuses before any work: qlora without GPUs, a CPU image for a
+    GPU run, and (`files`: on this machine) a model name that resolves nowhere."""
+    from steps import models
+
+    gpus = int(values["gpus"]) > 0
+    if values["method"] == "qlora" and not gpus:
+        raise ValueError("method=qlora quantizes the model to 4 bits with bitsandbytes, which needs a CUDA GPU: "
+                         "compile with -p gpus=1 (CUDA images), or use -p method=lora on CPU")
+    check_images(values, gpus, images)
+    if files:
+        try:
+            models.check_name(values[model_param])
+        except models.UnknownModel as e:
+            raise ValueError(f"parameter {model_param}: {e}") from None
+
+
 def image_defaults(params: dict[str, str] | None, images: tuple[str, ...]) -> dict[str, str]:
     """`params` with the CUDA builds as the default `images` (e.g. "serve-image") when `gpus` is set
     and not 0; an image given in `params` stays."""
@@ -216,6 +236,14 @@ class Store:
         if self.kind == "s3":
             return [Artifact(name=name, path=f"/in/{name}")], f"/in/{name}"
         return [Parameter(name=f"{name}-dir")], inp(f"{name}-dir")
+
+    def inputs(self, *names: str) -> tuple[list, dict[str, str]]:
+        """`inp` for several folders: (template inputs, name -> path the command reads)."""
+        ins, reads = [], {}
+        for name in names:
+            i, reads[name] = self.inp(name)
+            ins += i
+        return ins, reads
 
     def dag_inp(self, name: str) -> list:
         """The same input declared on a DAG template: Argo gives an artifact a path only in

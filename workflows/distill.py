@@ -23,7 +23,7 @@ from hera.workflows import models as m
 from pydantic import Field
 
 from workflows.common import (URL_EXAMPLE, OptionalUrl, API_KEY, MODELS_MOUNT, SECURITY, SERVE_PORT, Param, Store, add_templates,
-                              check_images, check_node, check_params, container_step, image_defaults, inp,
+                              check_node, check_params, check_training, container_step, image_defaults, inp,
                               merge_params, pod_spec_patch, resources, vllm_server, workflow_fields, wp)
 
 GEN, FT = "steps.generate:GenerateConfig", "steps.finetune:FinetuneConfig"
@@ -151,12 +151,7 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
                                ft_in + [Parameter(name="served-name")], port=serve_port + 1, patch=gpu_patch,
                                tolerations=bool(gpus), mounts=st.mounts())
 
-    ins = []
-    reads = {}
-    for nm in ("data", "baseline", "finetuned", "finetune", "kb"):
-        i, r = st.inp(nm)
-        ins += i
-        reads[nm] = r
+    ins, reads = st.inputs("data", "baseline", "finetuned", "finetune", "kb")
     rep_out, rep_path = st.out("evaluate", "report")
     for a in rep_out:
         a.archive = NoneArchiveStrategy()  # stored as files: the Argo UI opens report.html directly
@@ -226,22 +221,12 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
 def validate_params(params: dict[str, str], files: bool = True) -> dict[str, str]:
     """Fail before any work on a value that cannot work, saying how to fix it. `files`: also check
     what lives on this machine (not from the check node of a cluster run)."""
-    from steps import models
     from steps.harvest import validate_topics
 
     values = check_params("distill", PARAMS, image_defaults(params, GPU_IMAGES))
     if int(values["heldout-paraphrase"]) > int(values["num-questions"]):
         raise ValueError("heldout-paraphrase cannot exceed num-questions (it rephrases training questions)")
-    gpus = int(values["gpus"]) > 0
-    if values["method"] == "qlora" and not gpus:
-        raise ValueError("method=qlora quantizes the student to 4 bits with bitsandbytes, which needs a CUDA GPU: "
-                         "compile with -p gpus=1 (CUDA images), or use -p method=lora on CPU")
-    check_images(values, gpus, GPU_IMAGES)
-    if files:
-        try:
-            models.check_name(values["student"])
-        except models.UnknownModel as e:
-            raise ValueError(f"parameter student: {e}") from None
+    check_training(values, "student", GPU_IMAGES, files)
     t = values["teacher"]
     if not t.startswith("openai:") and not values["teacher-url"] and t != values["student"]:
         raise ValueError(f"teacher {t!r} is not served by this workflow (it serves the student "
