@@ -206,7 +206,8 @@ def _serve_templates(doc: dict) -> list[dict]:
     return [t for t in _templates(doc) if t.get("daemon")]
 
 
-@pytest.mark.parametrize("wf", RENDERED, ids=lambda p: p.name)
+# nli starts no model server: its service is k8s/nli's Deployment (tests/test_nli_workflow.py)
+@pytest.mark.parametrize("wf", [p for p in RENDERED if not p.name.startswith("nli")], ids=lambda p: p.name)
 def test_serve_pods_carry_what_network_policies_and_podmonitor_select(built, monitoring, wf):
     doc = load(wf)
     serves = _serve_templates(doc)

@@ -30,6 +30,23 @@ def test_the_deployment_the_workflow_applies_is_the_one_in_k8s_nli():
     assert k8s_objects()["Deployment/kubellm-nli"] == nli.deployment("current", image)
 
 
+def test_network_policies_let_the_smoke_node_reach_the_service():
+    """The namespace denies all traffic (k8s/base); the smoke pod needs egress to the service's port
+    and the service's pods ingress from it."""
+    objs = k8s_objects()
+    pod = nli.deployment("current", "img")["spec"]["template"]
+    smoke_labels = {"workflows.argoproj.io/workflow": "nli-x"}
+    egress = objs["NetworkPolicy/allow-workflow-egress-to-nli"]["spec"]
+    assert all(smoke_labels.get(e["key"]) for e in egress["podSelector"]["matchExpressions"])
+    (rule,) = egress["egress"]
+    assert rule["to"][0]["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    port_names = {p["name"] for p in pod["spec"]["containers"][0]["ports"]}
+    assert {p["port"] for p in rule["ports"]} <= port_names
+    ingress = objs["NetworkPolicy/allow-clients-to-nli"]["spec"]
+    assert ingress["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert {"podSelector": {}} in ingress["ingress"][0]["from"]  # every pod of the namespace
+
+
 def test_the_settings_the_workflow_applies_are_the_ones_in_k8s_nli():
     shipped = yaml.safe_load((ROOT / "k8s" / "nli" / "nli-config.yaml").read_text())
     rendered = yaml.safe_load(nli.service_config(nli.PARAMS["max-batch-size"].default, nli.PARAMS["max-wait-ms"].default))

@@ -43,7 +43,7 @@ PARAMS: dict[str, Param] = {
     "model": Param("smollm2-135m", "base model: bundled name, folder or hub ID (google/flan-t5-small: "
                                    "seq2seq)"),
     "max-pairs": Param("3000", "NLI pairs in all splits together", f"{DATA}.max_pairs"),
-    "steps": Param("300", "fine-tuning optimizer steps", f"{FT}.max_steps"),
+    "steps": Param("200", "fine-tuning optimizer steps", f"{FT}.max_steps"),
     "method": Param("lora", "fine-tuning method (compile-time: lora and qlora publish the adapter, full the "
                             "whole model; qlora needs GPUs)", f"{FT}.method", compile_time=True),
     "lora-r": Param("16", "LoRA rank", f"{FT}.r"),
