@@ -27,6 +27,11 @@ from steps._io import read_jsonl, write_json
 LABELS = ("entailment", "neutral", "contradiction")
 
 
+class SmokeFailed(ValueError):
+    """The service did not answer as the evaluation says it should (a ValueError: the step's CLI
+    prints the message alone, and the node fails)."""
+
+
 class NliSmokeConfig(BaseModel):
     url: str = Field(description="base URL of the service (a cluster Service, e.g. http://kubellm-nli)")
     version: str = Field("", description="the model version the service must report (its folder name); "
@@ -79,7 +84,7 @@ def run(cfg: NliSmokeConfig) -> dict:
     with httpx.Client(timeout=30.0) as http:
         while streak < cfg.consecutive:
             if time.monotonic() - t0 > cfg.timeout_s:
-                raise RuntimeError(f"{base}: no {cfg.consecutive} answers in a row from version {cfg.version!r} "
+                raise SmokeFailed(f"{base}: no {cfg.consecutive} answers in a row from version {cfg.version!r} "
                                    f"within {cfg.timeout_s:.0f} s (versions seen: {sorted(seen) or 'none'}; last: {last})")
             try:
                 r = http.get(f"{base}/model/info")
@@ -115,7 +120,7 @@ def run(cfg: NliSmokeConfig) -> dict:
               "ok": not problems}
     write_json(Path(cfg.out) / "smoke.json", result)
     if problems:
-        raise RuntimeError("smoke test failed: " + "; ".join(problems))
+        raise SmokeFailed("smoke test failed: " + "; ".join(problems))
     print(f"smoke test passed: {base} serves version {cfg.version or '(any)'}; /predict -> {single['label']} "
           f"({single['confidence']:.3f}), /predict/batch {len(batch)} pairs agree with the evaluation")
     return {"ok": True, "waited_s": result["waited_s"]}
