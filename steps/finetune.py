@@ -75,6 +75,27 @@ def _examples(rows: list[dict], chat: bool) -> list[dict]:
     return [{"prompt": f"Question: {r['question']}\nAnswer:", "completion": " " + r["answer"]} for r in rows]
 
 
+def causal_lora(model, cfg) -> tuple:
+    """A causal model wrapped with LoRA adapters as `cfg` asks (target_modules, lora_layers, r,
+    alpha, dropout), after checking the modules and layers exist. Returns (model, targets)."""
+    from peft import LoraConfig, get_peft_model
+
+    present = {n.split(".")[-1] for n, _ in model.named_modules()}
+    missing = [m for m in cfg.target_modules if m not in present]
+    if missing:
+        raise ValueError(f"target_modules {missing} do not exist in {cfg.base_model}; "
+                         f"linear layers include {sorted(p for p in present if 'proj' in p or 'dense' in p)}")
+    n_layers = int(getattr(model.config, "num_hidden_layers", 0) or 0)
+    if cfg.lora_layers > n_layers:
+        raise ValueError(f"lora_layers={cfg.lora_layers} but {cfg.base_model} has {n_layers} layers; "
+                         f"use 1..{n_layers}, or 0 for all")
+    top = list(range(n_layers - cfg.lora_layers, n_layers)) if cfg.lora_layers else None
+    targets = list(cfg.target_modules)
+    return get_peft_model(model, LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                                            target_modules=targets, task_type="CAUSAL_LM",
+                                            layers_to_transform=top)), targets
+
+
 def _seq2seq_targets(model, cfg: FinetuneConfig) -> list[str] | str:
     """LoRA targets of an encoder-decoder model: T5's projections when `target_modules` was left at
     the causal defaults; with `lora_layers`, a regex over the top N blocks of each stack, because
@@ -198,20 +219,7 @@ def run(cfg: FinetuneConfig) -> dict:
         model = get_peft_model(model, LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                                                  target_modules=targets, task_type="SEQ_2_SEQ_LM"))
     elif cfg.method in ("lora", "qlora"):
-        present = {n.split(".")[-1] for n, _ in model.named_modules()}
-        missing = [m for m in cfg.target_modules if m not in present]
-        if missing:
-            raise ValueError(f"target_modules {missing} do not exist in {cfg.base_model}; "
-                             f"linear layers include {sorted(p for p in present if 'proj' in p or 'dense' in p)}")
-        n_layers = int(getattr(model.config, "num_hidden_layers", 0) or 0)
-        if cfg.lora_layers > n_layers:
-            raise ValueError(f"lora_layers={cfg.lora_layers} but {cfg.base_model} has {n_layers} layers; "
-                             f"use 1..{n_layers}, or 0 for all")
-        top = list(range(n_layers - cfg.lora_layers, n_layers)) if cfg.lora_layers else None
-        targets = list(cfg.target_modules)
-        model = get_peft_model(model, LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                                                 target_modules=cfg.target_modules, task_type="CAUSAL_LM",
-                                                 layers_to_transform=top))
+        model, targets = causal_lora(model, cfg)
 
     out = begin_output(cfg.out)
     ckpt_dir = out / "checkpoints"

@@ -69,6 +69,18 @@ def sft_example(premise: str, hypothesis: str, label: str) -> dict:
             "text2text": pair_text(premise, hypothesis)}  # what a seq2seq model's encoder reads
 
 
+def segment_mask(seg: Any, dtype: Any) -> Any:
+    """The 4D attention mask of packed rows. seg[b, t]: -1 padding, 0 the shared prompt, k >= 1 the
+    k-th continuation; a token sees the earlier tokens of the shared prompt and of its own
+    continuation only. Additive float: the form both the eager and the SDPA attention take as it is."""
+    import torch
+
+    width = seg.shape[-1]
+    q, k = seg.unsqueeze(2), seg.unsqueeze(1)
+    allowed = torch.ones(width, width, dtype=torch.bool, device=seg.device).tril() & (k >= 0) & ((k == 0) | (k == q))
+    return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min).unsqueeze(1)
+
+
 def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
@@ -138,7 +150,7 @@ class NliModel:
         self.chat = kind == "causal" and bool(getattr(tokenizer, "chat_template", None))
         inner = net.get_base_model() if hasattr(net, "get_base_model") else net  # through a PEFT wrapper
         params = inspect.signature(inner.forward).parameters
-        self._keeps_logits = "logits_to_keep" in params
+        self.keeps_logits = "logits_to_keep" in params
         self._takes_positions = "position_ids" in params
         self.label_ids = [tokenizer(self.continuation(lab), add_special_tokens=False)["input_ids"] for lab in LABELS]
         empty = [lab for lab, ids in zip(LABELS, self.label_ids) if not ids]
@@ -230,14 +242,10 @@ class NliModel:
             seg[i, width - tail:] = lab_seg
             pos[i, start:width - tail] = torch.arange(len(p))
             pos[i, width - tail:] = lab_pos + len(p)
-        q, k = seg.unsqueeze(2), seg.unsqueeze(1)
-        allowed = (torch.ones(width, width, dtype=torch.bool).tril() & (k >= 0) & ((k == 0) | (k == q)))
-        dtype = next(self.net.parameters()).dtype
-        # additive float mask: the form both the eager and the SDPA attention take as it is
-        mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min).unsqueeze(1)
+        mask = segment_mask(seg, next(self.net.parameters()).dtype)
         kwargs: dict[str, Any] = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device),
                                   "position_ids": pos.to(self.device)}
-        if self._keeps_logits:
+        if self.keeps_logits:
             kwargs["logits_to_keep"] = tail + 1
         logp = self.net(**kwargs).logits[:, -(tail + 1):, :].float().log_softmax(-1)
         # kept column 0 is the prompt's last token, which predicts every label's first token; a
@@ -270,7 +278,7 @@ class NliModel:
         kwargs: dict[str, Any] = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
         if self._takes_positions:  # left padding: positions count real tokens, as in one-at-a-time
             kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(self.device)
-        if self._keeps_logits:
+        if self.keeps_logits:
             kwargs["logits_to_keep"] = keep
         logits = self.net(**kwargs).logits[:, -keep:, :]
         targets = torch.zeros((len(rows), keep - 1), dtype=torch.long)

@@ -28,7 +28,7 @@ from pydantic import Field
 from workflows.common import (MODELS_MOUNT, Param, Store, add_templates, check_node, check_params, check_training,
                               container_step, image_defaults, inp, merge_params, workflow_fields, wp)
 
-DATA, FT, EV, SVC = ("steps.nli_data:NliDataConfig", "steps.finetune:FinetuneConfig",
+DATA, FT, EV, SVC = ("steps.nli_data:NliDataConfig", "steps.nli_train:NliTrainConfig",
                      "steps.nli_evaluate:NliEvaluateConfig", "steps.nli_service:NliServiceConfig")
 Count = Annotated[int, Field(ge=0)]
 Url = Annotated[str, Field(pattern=r"^https?://\S+$")]
@@ -43,16 +43,17 @@ PARAMS: dict[str, Param] = {
     "model": Param("smollm2-135m", "base model: bundled name, folder or hub ID (google/flan-t5-small: "
                                    "seq2seq)"),
     "max-pairs": Param("3000", "NLI pairs in all splits together", f"{DATA}.max_pairs"),
-    "steps": Param("200", "fine-tuning optimizer steps", f"{FT}.max_steps"),
+    "steps": Param("300", "fine-tuning optimizer steps", f"{FT}.max_steps"),
     "method": Param("lora", "fine-tuning method (compile-time: lora and qlora publish the adapter, full the "
                             "whole model; qlora needs GPUs)", f"{FT}.method", compile_time=True),
     "lora-r": Param("16", "LoRA rank", f"{FT}.r"),
     "lora-layers": Param("0", "adapt only the top N layers (0: all; a seq2seq model: N of the encoder and of "
                               "the decoder): the backward pass stops below them", f"{FT}.lora_layers"),
     "learning-rate": Param("1e-3", "peak learning rate", f"{FT}.learning_rate"),
-    "batch-size": Param("8", "per-device batch size", f"{FT}.batch_size"),
-    "grad-accum": Param("1", "gradient accumulation steps", f"{FT}.grad_accum"),
-    "max-length": Param("256", "longest training example in tokens (longer ones are cut)", f"{FT}.max_length"),
+    "batch-size": Param("12", "pairs per optimizer step (a causal model reads a premise once for all its pairs "
+                              "in the step)", f"{FT}.batch_size"),
+    "max-length": Param("1024", "longest training row in tokens (causal: a premise and its pairs, packed; "
+                                "seq2seq: the pair and the label each, capped at 512)", f"{FT}.max_length"),
     "eval-limit": Param("0", "score only the first N test pairs (0: all)", f"{EV}.limit"),
     "seed": Param("0", "seed for data, training and bootstrap", f"{DATA}.seed"),
     "max-batch-size": Param("16", "service: pairs scored together in one forward pass (1: no micro-batching)",
@@ -161,11 +162,11 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
     d_in, d_read = st.inp("data")
     ft_out, ft_path = st.out("finetune", "finetune")
     finetune = container_step(
-        "finetune", "steps.finetune",
-        ["--data", f"{d_read}/train_sft.jsonl", "--out", ft_path, "--base-model", inp("model"),
+        "finetune", "steps.nli_train",
+        ["--data", d_read, "--out", ft_path, "--base-model", inp("model"),
          "--method", wp("method"), "--max-steps", wp("steps"), "--r", wp("lora-r"),
          "--lora-layers", wp("lora-layers"), "--learning-rate", wp("learning-rate"),
-         "--batch-size", wp("batch-size"), "--grad-accum", wp("grad-accum"), "--max-length", wp("max-length"),
+         "--batch-size", wp("batch-size"), "--max-length", wp("max-length"),
          "--seed", wp("seed"), "--merge", "true" if full else "false"],
         st, d_in + [Parameter(name="model")], ft_out, cpu="2", mem="12Gi", gpus=gpus, models=True,
         deadline=12 * 3600, metrics=("last_loss", "tokens_per_s"))
