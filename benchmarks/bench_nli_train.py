@@ -72,7 +72,7 @@ def main() -> None:
             print(f"[bench] {name}: {' '.join(cmd[1:])}", flush=True)
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
             manifest = json.loads((out / "manifest.json").read_text())
-            counts, train_s = manifest["counts"], manifest["timings"]["train"]
+            counts, train_s = manifest["counts"], manifest["timings_s"]["train"]
             run.results["configs"][name] = {
                 "command": " ".join(cmd[1:]).replace(tmp, "$TMP"), "train_s": train_s,
                 "pairs_per_s": a.steps * a.batch_size / train_s, "tokens_per_s": counts.get("tokens_per_s"),
