@@ -5,6 +5,8 @@
     kubellm lint distill.yaml
     kubellm params distill
     kubellm serve nli --model DIR [--port 8080]
+    kubellm detect [--cluster] [--kubeconfig PATH] [--json]
+    kubellm choose [--cluster | --from detect.json] [--context N] [--concurrency N] [--json]
 """
 
 from __future__ import annotations
@@ -250,6 +252,102 @@ def cmd_serve(a: argparse.Namespace) -> int:
     return 0
 
 
+def _gib(n) -> str:
+    return "-" if n is None else f"{n / (1 << 30):.1f} GiB"
+
+
+def _table(title: str, columns: list[str], rows: list[list], no_wrap: tuple[str, ...] = ()) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=title, title_justify="left")
+    for c in columns:
+        t.add_column(c, no_wrap=c in no_wrap)
+    for r in rows:
+        t.add_row(*("-" if v is None or v == "" else str(v) for v in r))
+    Console().print(t)
+
+
+def cmd_detect(a: argparse.Namespace) -> int:
+    """Hardware of this machine (and of the cluster): a table for people, JSON for pipes and --json."""
+    from steps._cli import load_config
+    from steps.detect import DetectConfig, run as detect
+
+    cfg = load_config(DetectConfig, None, {"cluster": a.cluster, "kubeconfig": a.kubeconfig,
+                                           "kube_context": a.kube_context, "out": a.out})
+    try:
+        result = detect(cfg)
+    except ValueError as e:
+        raise SystemExit(f"kubellm detect: {e}") from None
+    if a.json or not sys.stdout.isatty():
+        print(json.dumps(result, indent=2))
+        return 0
+    loc = result["local"]
+    cpu, mem = loc["cpu"], loc["memory"]
+    rows = [["CPU", f"{cpu['model']} ({cpu['arch']}), {cpu['usable_cores']} of {cpu['logical_cores']} cores usable"
+             + (f", cgroup quota {cpu['quota_cores']:g}" if cpu.get("quota_cores") else "")],
+            ["CPU features", ", ".join(cpu["flags"]) or "none of interest"],
+            ["memory", f"{_gib(mem['total_bytes'])} total, {_gib(mem['available_bytes'])} available"
+             + (f", cgroup limit {_gib(mem['limit_bytes'])}" if mem.get("limit_bytes") else "")]]
+    rows += [[f"GPU {g['index']}", f"{g['name']}, {_gib(g['memory_bytes'])}"
+              + (f", compute capability {g['compute_capability']}" if g.get("compute_capability") else "")
+              + (f", driver {g['driver']}" if g.get("driver") else "")] for g in loc["gpus"]]
+    rows.append(["accelerator", loc["accelerator"] + (f" (from {loc['gpu_source']})" if loc["gpu_source"] else "")])
+    _table(f"this machine ({loc['host']})", ["", ""], rows + [["note", n] for n in loc["notes"]])
+    if "cluster" in result:
+        cl = result["cluster"]
+        rows = []
+        for n in cl["nodes"]:
+            gpu = n["gpu"] or {}
+            res = (n["gpu_resources"] or {}).get(gpu.get("resource"), {})
+            rows.append([n["name"], {True: "yes", False: "NO", None: "?"}[n["ready"]]
+                         + ("" if n["schedulable"] else " (cordoned)"),
+                         f"{res.get('allocatable', 0)}/{res.get('capacity', 0)}" if gpu else "",
+                         gpu.get("product"), _gib(gpu.get("memory_bytes")) if gpu else "",
+                         gpu.get("compute_capability"), gpu.get("cuda_driver"),
+                         f"{n['cpu']['allocatable']:g}" if n["cpu"]["allocatable"] is not None else None,
+                         _gib(n["memory"]["allocatable_bytes"]),
+                         ", ".join(f"{t['key']}{'=' + t['value'] if t['value'] else ''}:{t['effect']}"
+                                   for t in n["taints"])])
+        _table(f"cluster {cl['server']} (context {cl['context']}): {len(cl['nodes'])} node(s)",
+               ["node", "ready", "GPUs", "GPU", "GPU memory", "CC", "driver", "CPU", "memory", "taints"], rows)
+    return 0
+
+
+def cmd_choose(a: argparse.Namespace) -> int:
+    """The largest models that fit, per role, and the distill pipeline's -p arguments for them."""
+    from steps._cli import load_config
+    from steps.choose import ChooseConfig, run as choose
+
+    hardware = a.from_file or ("cluster" if a.cluster else "local")
+    cfg = load_config(ChooseConfig, None, {"hardware": hardware, "kubeconfig": a.kubeconfig,
+                                           "kube_context": a.kube_context, "context": a.context,
+                                           "concurrency": a.concurrency, "utilization": a.utilization,
+                                           "out": a.out})
+    try:
+        result = choose(cfg)
+    except ValueError as e:
+        raise SystemExit(f"kubellm choose: {e}") from None
+    if a.json or not sys.stdout.isatty():
+        print(json.dumps(result, indent=2))
+        return 0
+    rows = []
+    for role, c in result["choices"].items():
+        if not c.get("model"):
+            rows.append([role, "none", "", "", "", c["why"]])
+            continue
+        rows.append([role, c["model"], f"{c['gpus'] or 'CPU'}, {c['dtype']}", c["pool"],
+                     f"{_gib(c['need_bytes'])} of {_gib(c['budget_bytes'])}", c["why"]])
+    _table(f"models for {result['source']} hardware at context {result['context']} x concurrency "
+           f"{result['concurrency']} (utilization {result['utilization']:g})",
+           ["role", "model", "GPUs (tp), dtype", "on", "needs of budget", "why"], rows, no_wrap=("role", "model"))
+    for c in result["commands"]:
+        print(c)
+    for n in result["notes"]:
+        print(f"note: {n}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="kubellm", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -292,6 +390,29 @@ def main(argv: list[str] | None = None) -> int:
                                             "stopping them")
     de.add_argument("--stop", metavar="NAME", help="stop the named deployment (all: every one)")
     de.set_defaults(fn=cmd_deployments)
+    dt = sub.add_parser("detect", help="the hardware of this machine (GPUs, CPU, memory), and of a cluster's nodes")
+    dt.add_argument("--cluster", action="store_true", help="also list the cluster's nodes (needs kubellm[cluster])")
+    dt.add_argument("--kubeconfig", metavar="PATH", help="default: $KUBECONFIG, ~/.kube/config or the pod's "
+                                                         "ServiceAccount")
+    dt.add_argument("--kube-context", metavar="NAME", help="kubeconfig context (default: its current-context)")
+    dt.add_argument("--out", metavar="FILE", help="also write the JSON here (for `kubellm choose --from`)")
+    dt.add_argument("--json", action="store_true", help="JSON even on a terminal")
+    dt.set_defaults(fn=cmd_detect)
+    ch = sub.add_parser("choose", help="the largest models that fit the hardware: student, teacher, served",
+                        description="Largest registry model per role that fits this machine, the cluster or a "
+                                    "saved `kubellm detect --out` file, with the -p arguments for the distill "
+                                    "pipeline. The memory formula: python -m steps.choose --help")
+    src = ch.add_mutually_exclusive_group()
+    src.add_argument("--cluster", action="store_true", help="choose for the cluster's nodes")
+    src.add_argument("--from", dest="from_file", metavar="FILE", help="a `kubellm detect --out` JSON file")
+    ch.add_argument("--kubeconfig", metavar="PATH", help="with --cluster (default as for kubectl)")
+    ch.add_argument("--kube-context", metavar="NAME", help="with --cluster: the kubeconfig context")
+    ch.add_argument("--context", type=int, default=4096, help="tokens per sequence (default 4096)")
+    ch.add_argument("--concurrency", type=int, default=16, help="sequences in flight at once (default 16)")
+    ch.add_argument("--utilization", type=float, default=0.9, help="fraction of GPU memory to use (default 0.9)")
+    ch.add_argument("--out", metavar="FILE", help="also write the JSON here")
+    ch.add_argument("--json", action="store_true", help="JSON even on a terminal")
+    ch.set_defaults(fn=cmd_choose)
     pa = sub.add_parser("params", help="list a pipeline's parameters")
     pa.add_argument("pipeline", choices=PIPELINES)
     pa.set_defaults(fn=cmd_params)
