@@ -330,7 +330,7 @@ def _bytes(quantity: str | None) -> int | None:
     return int(value) if value is not None else None
 
 
-def _kube_config(kubeconfig: str | None, context: str | None):
+def kube_config(kubeconfig: str | None, context: str | None):
     """The lightkube config to use and a description of where it came from (never its secrets)."""
     from lightkube import ConfigError, KubeConfig
 
@@ -365,7 +365,7 @@ def _kube_config(kubeconfig: str | None, context: str | None):
     return single, where
 
 
-def _api_error(e: Exception, server: str, where: str, context: str) -> ValueError:
+def api_error(e: Exception, server: str, where: str, context: str) -> ValueError:
     import httpx2
 
     who = f"the Kubernetes API server {server} (context {context!r} from {where})"
@@ -407,7 +407,7 @@ def read_cluster(kubeconfig: str | None = None, context: str | None = None, chun
         from lightkube.resources.core_v1 import Node
     except ImportError as e:
         raise ValueError(f"listing a cluster's nodes needs lightkube ({e}): pip install 'kubellm[cluster]'") from None
-    single, where = _kube_config(kubeconfig, context)
+    single, where = kube_config(kubeconfig, context)
     server = single.cluster.server
     try:
         client = Client(single, timeout=httpx2.Timeout(timeout_s))
@@ -416,11 +416,11 @@ def read_cluster(kubeconfig: str | None = None, context: str | None = None, chun
     try:
         nodes = [parse_node(n.to_dict()) for n in client.list(Node, chunk_size=chunk_size)]
     except httpx2.HTTPError as e:
-        raise _api_error(e, server, where, single.context_name) from None
+        raise api_error(e, server, where, single.context_name) from None
     except KeyError as e:
         # lightkube reads the Content-Type of an error answer; a proxy's plain answer may have none
         if isinstance(e.__context__, httpx2.HTTPStatusError):
-            raise _api_error(e.__context__, server, where, single.context_name) from None
+            raise api_error(e.__context__, server, where, single.context_name) from None
         raise
     except ConfigError as e:  # e.g. an exec credential plugin that failed
         raise ValueError(f"cannot get credentials for context {single.context_name!r} from {where}: {e}") from None

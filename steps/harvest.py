@@ -10,6 +10,14 @@ Sources (`sources`, default k8s-api):
            its wheel file or an unpacked copy.
   folder   Markdown/.txt files under `docs_dir`, one document per heading section
            (id `folder/<relative path>#<heading slug>`, title = the heading).
+  cluster  The live cluster through lightkube (kubeconfig/kube_context, or the pod's ServiceAccount):
+           nodes, events, troubled pods with their log tails, ConfigMaps, Deployments, Jobs, Argo
+           Workflows (id `cluster/<Kind>/<namespace>/<name>`); never Secrets; see steps.harvest_cluster.
+  dump     The same from a folder of `kubectl get -o json` and `<ns>_<pod>_<container>.log` files.
+  With `prometheus_url`, each of `prometheus_queries` (name: PromQL) adds a document.
+
+Every document carries a `content_hash` (title and text); with `previous` (an earlier output folder)
+unchanged documents are carried over as they were, and the manifest counts new/changed/unchanged/removed.
 
 Every document carries exactly one topic (see TOPICS); `topics` keeps only the chosen ones.
 
@@ -24,6 +32,8 @@ Examples:
   python -m steps.harvest --out runs/kb "sources=[k8s-api, folder]" --docs-dir docs
   python -m steps.harvest --out runs/kb --k8s-source wheels/kubernetes-28.1.0-py2.py3-none-any.whl
   python -m steps.harvest --out runs/kb topics=nope     # fails at once and lists the valid topics
+  python -m steps.harvest --out runs/live "sources=[cluster]" --previous runs/live-before
+  python -m steps.harvest --out runs/live "sources=[dump]" --dump-dir cluster-dump
 """
 
 from __future__ import annotations
@@ -71,10 +81,11 @@ class HarvestConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     out: Path = Field(description="output folder (docs.jsonl, topics.json, manifest.json); replaced atomically")
-    sources: list[Literal["k8s-api", "folder"]] = Field(
+    sources: list[Literal["k8s-api", "folder", "cluster", "dump"]] = Field(
         default=["k8s-api"],
         description="where documents come from: k8s-api (the Kubernetes API reference in the kubernetes "
-        "client) and/or folder (Markdown/.txt files under docs_dir)",
+        "client), folder (Markdown/.txt files under docs_dir), cluster (the live cluster's objects and "
+        "logs) and/or dump (kubectl get -o json and *.log files under dump_dir)",
     )
     docs_dir: Path | None = Field(default=None, description="folder of .md/.markdown/.txt files (source 'folder')")
     k8s_source: Path | None = Field(
@@ -89,6 +100,29 @@ class HarvestConfig(BaseModel):
     kind_docs: bool = Field(
         default=True, description="also write one overview document per API class (fields, where it is used)"
     )
+
+    kubeconfig: str | None = Field(default=None, description="source cluster: kubeconfig file (default: "
+                                   "$KUBECONFIG, ~/.kube/config, or the pod's ServiceAccount)")
+    kube_context: str | None = Field(default=None, description="source cluster: kubeconfig context")
+    namespaces: list[str] = Field(default=["all"], description="source cluster: namespaces to read, or all")
+    log_lines: int = Field(default=50, ge=0, description="cluster/dump: last lines of each container's log")
+    max_pods: int = Field(default=20, ge=0, description="cluster/dump: at most this many pods' logs (pods not "
+                          "Running and Ready, or restarted; the most recently changed first)")
+    value_chars: int = Field(default=200, ge=1, description="cluster/dump: ConfigMap values are cut to this length")
+    chunk_size: int = Field(default=200, ge=1, description="source cluster: objects per list request (paged)")
+    timeout_s: float = Field(default=10.0, gt=0, description="cluster/Prometheus: timeout of each request")
+    dump_dir: Path | None = Field(default=None, description="source dump: folder of kubectl get -o json and "
+                                  "<namespace>_<pod>_<container>.log files")
+    prometheus_url: str | None = Field(default=None, description="Prometheus server; each prometheus_queries "
+                                       "entry becomes a document")
+    prometheus_queries: dict[str, str] = Field(default={}, description="name: PromQL instant query")
+    previous: Path | None = Field(default=None, description="an earlier harvest's output folder: unchanged "
+                                  "documents are carried over and counted")
+
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _split_namespaces(cls, v: Any) -> Any:
+        return [n for n in re.split(r"[,\s]+", v.strip()) if n] if isinstance(v, str) else v
 
     @field_validator("topics", mode="before")
     @classmethod
@@ -107,6 +141,10 @@ class HarvestConfig(BaseModel):
             raise ValueError("sources is empty; use sources=[k8s-api] and/or add folder with docs_dir")
         if "folder" in self.sources and self.docs_dir is None:
             raise ValueError("sources includes 'folder' but docs_dir is not set; set docs_dir=path/to/docs")
+        if "dump" in self.sources and self.dump_dir is None:
+            raise ValueError("sources includes 'dump' but dump_dir is not set; set dump_dir=path/to/dump")
+        if self.prometheus_queries and not self.prometheus_url:
+            raise ValueError("prometheus_queries is set but prometheus_url is not; set prometheus_url=http://HOST:9090")
         self.sources = list(dict.fromkeys(self.sources))
         return self
 
@@ -245,6 +283,30 @@ def run(cfg: HarvestConfig) -> dict:
         docs += folder_docs
         provenance["folder"] = {"docs_dir": str(Path(cfg.docs_dir).resolve()), **stats}
         timings["folder"] = round(time.monotonic() - t, 3)
+    if "cluster" in cfg.sources:
+        from steps.harvest_cluster import cluster_documents
+
+        t = time.monotonic()
+        found, provenance["cluster"] = cluster_documents(
+            cfg.kubeconfig, cfg.kube_context, cfg.namespaces, cfg.log_lines, cfg.max_pods, cfg.value_chars,
+            cfg.chunk_size, cfg.timeout_s)
+        docs += found
+        timings["cluster"] = round(time.monotonic() - t, 3)
+    if "dump" in cfg.sources:
+        from steps.harvest_cluster import dump_documents
+
+        t = time.monotonic()
+        found, provenance["dump"] = dump_documents(cfg.dump_dir, cfg.log_lines, cfg.max_pods, cfg.value_chars)
+        docs += found
+        timings["dump"] = round(time.monotonic() - t, 3)
+    if cfg.prometheus_url and cfg.prometheus_queries:
+        from steps.harvest_cluster import prometheus_documents
+
+        t = time.monotonic()
+        found, provenance["prometheus"] = prometheus_documents(cfg.prometheus_url, cfg.prometheus_queries,
+                                                               cfg.timeout_s)
+        docs += found
+        timings["prometheus"] = round(time.monotonic() - t, 3)
 
     ids = Counter(d["id"] for d in docs)
     dupes = [i for i, n in ids.items() if n > 1]
@@ -253,8 +315,14 @@ def run(cfg: HarvestConfig) -> dict:
     long_enough = [d for d in docs if len(d["text"]) >= cfg.min_chars]
     harvested = Counter(d["topic"] for d in long_enough)  # per topic, before the topic filter
     kept = sorted((d for d in long_enough if d["topic"] in topics), key=lambda d: d["id"])
+    from steps.harvest_cluster import compare_previous, content_hash
+
     for d in kept:
         d["chars"] = len(d["text"])
+        d["content_hash"] = content_hash(d)
+    changes = None
+    if cfg.previous is not None:
+        kept, provenance["previous"], changes = compare_previous(kept, cfg.previous)
 
     per_topic = {
         name: {
@@ -275,9 +343,13 @@ def run(cfg: HarvestConfig) -> dict:
         "skipped_too_short": len(docs) - len(long_enough),
         "skipped_other_topics": len(long_enough) - len(kept),
     }
+    if changes is not None:
+        counts["incremental"] = {k: len(v) for k, v in changes.items()}
     with atomic_path(cfg.out, is_dir=True) as tmp:
         write_jsonl(tmp / "docs.jsonl", kept)
         write_json(tmp / "topics.json", {"order": list(TOPICS), "selected": topics, "topics": per_topic})
+        if changes is not None:
+            write_json(tmp / "changes.json", changes)  # ids per new/changed/unchanged/removed, for an index step
         timings["total"] = round(time.monotonic() - t0, 3)
         write_manifest(tmp, "harvest", cfg, counts=counts, timings=timings, packages=["pydantic"],
                        extra={"sources": provenance})
