@@ -1,19 +1,20 @@
-"""Retrieval evaluation: dense (FAISS + MiniLM) against BM25 over the same chunks, side by side.
+"""Retrieval evaluation: hybrid, dense (FAISS + MiniLM) and BM25 over the same chunks, side by side.
 
 Questions are JSONL rows with `question` and the id of the document they were written from
 (`doc_id_field`, default `doc_id` as steps.generate writes it in train.jsonl and heldout.jsonl).
-Both retrievers rank the chunks of one steps.index folder; the ranking is turned into a ranking of
-documents (a document takes the rank of its best chunk). At document level, per question:
+Three retrievers rank the chunks of one steps.index folder (steps.index.LoadedIndex.rank): dense
+(MiniLM cosine), BM25 (bm25s, Lucene variant, k1=1.5, b=0.75, over the same `title + newline +
+chunk` text; chunks with score 0 share no term with the question and are not retrieved) and hybrid,
+the reciprocal rank fusion of the two (the default of steps.index.search and of the query step).
+Each ranking becomes a ranking of documents (a document takes the rank of its best chunk). At
+document level, per question:
 
   hit@k   1 if the source document is among the first k distinct documents, else 0
   RR      1 / (rank of the source document) within the first max(ks) documents, else 0
 
 recall@k is the mean of hit@k over questions, MRR the mean of RR (so MRR@10 with the default ks).
-BM25 (bm25s, Lucene variant, k1=1.5, b=0.75) reads the same `title + newline + chunk` text as the
-embedding model, lower-cased, split on non-word characters with camelCase names also split into
-their words, English stop words removed; chunks with score 0 share no term with the question and
-count as not retrieved. The difference of recall@5 (dense minus BM25) gets a paired bootstrap 95%
-CI over questions (resampled with `seed`).
+The differences of recall@5, hybrid minus BM25 and dense minus BM25, get paired bootstrap 95% CIs
+over questions (resampled with `seed`).
 
 Output folder: metrics.json (per-method numbers, the CI, per-question ranks), report.md, manifest.json.
 
@@ -32,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from steps._cli import main
 from steps._io import atomic_path, read_jsonl, write_json, write_manifest, write_text
-from steps.index import embed, indexed_text, load_index
+from steps.index import METHODS, load_index
 
 
 class RetrievalEvalConfig(BaseModel):
@@ -60,26 +61,6 @@ class RetrievalEvalConfig(BaseModel):
         return sorted(set(v))
 
 
-STOPWORDS: frozenset[str] | None = None
-
-
-def tokenize(text: str) -> list[str]:
-    """Lower-case words; a camelCase or PascalCase name also yields its parts (`podSpec` -> podspec,
-    pod, spec), since questions name fields in prose."""
-    global STOPWORDS
-    if STOPWORDS is None:
-        from bm25s.stopwords import STOPWORDS_EN
-
-        STOPWORDS = frozenset(STOPWORDS_EN)
-    out = []
-    for w in re.findall(r"\w+", text):
-        parts = re.findall(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+", w)
-        for t in [w.lower()] + ([p.lower() for p in parts] if len(parts) > 1 else []):
-            if t not in STOPWORDS and len(t) > 1:
-                out.append(t)
-    return out
-
-
 def read_questions(paths: list[Path], question_field: str, id_field: str) -> list[dict]:
     rows = []
     for path in paths:
@@ -98,10 +79,10 @@ def read_questions(paths: list[Path], question_field: str, id_field: str) -> lis
     return rows
 
 
-def doc_ranking(chunk_ids: list[int], chunks: list[dict], depth: int) -> list[str]:
+def doc_ranking(ranked: list[tuple[int, float]], chunks: list[dict], depth: int) -> list[str]:
     """Distinct document ids in order of their best chunk, at most depth."""
     seen: list[str] = []
-    for i in chunk_ids:
+    for i, _ in ranked:
         d = chunks[i]["doc_id"]
         if d not in seen:
             seen.append(d)
@@ -128,10 +109,11 @@ def paired_bootstrap(diffs: list[float], n: int, seed: int) -> dict:
     return {"mean": float(d.mean()), "ci95": [float(lo), float(hi)], "resamples": n, "seed": seed}
 
 
-def run(cfg: RetrievalEvalConfig) -> dict:
-    import bm25s
-    import numpy as np
+LABELS = {"hybrid": "hybrid (reciprocal rank fusion of the two below)",
+          "dense": "dense (MiniLM, FAISS exact cosine)", "bm25": "BM25 (bm25s, same chunks)"}
 
+
+def run(cfg: RetrievalEvalConfig) -> dict:
     t0 = time.monotonic()
     timings: dict[str, float] = {}
     qs = read_questions(cfg.questions, cfg.question_field, cfg.doc_id_field)
@@ -146,46 +128,37 @@ def run(cfg: RetrievalEvalConfig) -> dict:
     gold = [q["doc_id"] for q in qs]
     # deep enough in chunks that `depth` distinct documents almost always appear
     n_chunks = min(len(chunks), depth * 8)
+    texts = [q["question"] for q in qs]
 
-    t = time.monotonic()
-    _, ids = idx.index.search(embed([q["question"] for q in qs], idx.model_path), n_chunks)
-    dense = [doc_ranking([int(i) for i in row if i >= 0], chunks, depth) for row in ids]
-    timings["dense"] = round(time.monotonic() - t, 3)
+    metrics_by: dict[str, dict] = {}
+    ranks_by: dict[str, list] = {}
+    for method in METHODS:
+        t = time.monotonic()
+        ranked = idx.rank(texts, n_chunks, method)
+        timings[method] = round(time.monotonic() - t, 3)
+        metrics_by[method], ranks_by[method] = score([doc_ranking(r, chunks, depth) for r in ranked], gold, cfg.ks)
 
-    t = time.monotonic()
-    bm25 = bm25s.BM25(k1=1.5, b=0.75, method="lucene")
-    bm25.index([tokenize(indexed_text(c)) or ["\u2205"] for c in chunks], show_progress=False)
-    vocab = bm25.vocab_dict
-    sparse = []
-    for q in qs:
-        toks = [w for w in tokenize(q["question"]) if w in vocab]
-        if not toks:
-            sparse.append([])
-            continue
-        s = bm25.get_scores(toks)
-        order = np.lexsort((np.arange(len(s)), -s))[:n_chunks]  # ties: chunk order
-        sparse.append(doc_ranking([int(i) for i in order if s[i] > 0], chunks, depth))
-    timings["bm25"] = round(time.monotonic() - t, 3)
-
-    m_dense, r_dense = score(dense, gold, cfg.ks)
-    m_bm25, r_bm25 = score(sparse, gold, cfg.ks)
     k5 = 5 if 5 in cfg.ks else depth
-    diffs = [float(a is not None and a <= k5) - float(b is not None and b <= k5) for a, b in zip(r_dense, r_bm25)]
-    ci = paired_bootstrap(diffs, cfg.bootstrap, cfg.seed)
+
+    def hit(r):
+        return float(r is not None and r <= k5)
+
+    cis = {f"recall@{k5}_{a}_minus_bm25": paired_bootstrap(
+        [hit(x) - hit(y) for x, y in zip(ranks_by[a], ranks_by["bm25"])], cfg.bootstrap, cfg.seed)
+        for a in ("hybrid", "dense")}
     metrics = {
         "questions": len(qs),
         "docs_indexed": len(known),
         "chunks": len(chunks),
         "level": "document (a hit is any retrieved chunk of the source document)",
-        "dense": m_dense,
-        "bm25": m_bm25,
-        f"recall@{k5}_dense_minus_bm25": ci,
-        "per_question": [{"doc_id": g, "question": q["question"], "dense_rank": a, "bm25_rank": b}
-                         for q, g, a, b in zip(qs, gold, r_dense, r_bm25)],
+        **metrics_by,
+        **cis,
+        "per_question": [{"doc_id": g, "question": q["question"], **{f"{m}_rank": ranks_by[m][j] for m in METHODS}}
+                         for j, (q, g) in enumerate(zip(qs, gold))],
     }
-    names = list(m_dense)
+    names = list(metrics_by["dense"])
     lines = [
-        "# Retrieval: dense vs BM25",
+        "# Retrieval: hybrid, dense and BM25",
         "",
         f"Index `{cfg.index}` ({len(chunks)} chunks of {len(known)} documents, {idx.config.get('model')}); "
         f"{len(qs)} questions from {', '.join(f'`{p}`' for p in cfg.questions)} (source document field "
@@ -193,11 +166,11 @@ def run(cfg: RetrievalEvalConfig) -> dict:
         "",
         "| method | " + " | ".join(names) + " |",
         "|---|" + "---|" * len(names),
-        "| dense (MiniLM, FAISS exact cosine) | " + " | ".join(f"{m_dense[k]:.3f}" for k in names) + " |",
-        "| BM25 (bm25s, same chunks) | " + " | ".join(f"{m_bm25[k]:.3f}" for k in names) + " |",
+        *("| " + LABELS[m] + " | " + " | ".join(f"{metrics_by[m][k]:.3f}" for k in names) + " |" for m in METHODS),
         "",
-        f"recall@{k5} dense minus BM25: {ci['mean']:+.3f}, paired bootstrap 95% CI "
-        f"[{ci['ci95'][0]:+.3f}, {ci['ci95'][1]:+.3f}] ({ci['resamples']} resamples over questions, seed {ci['seed']}).",
+        *(f"recall@{k5} {a} minus BM25: {ci['mean']:+.3f}, paired bootstrap 95% CI [{ci['ci95'][0]:+.3f}, "
+          f"{ci['ci95'][1]:+.3f}] ({ci['resamples']} resamples over questions, seed {ci['seed']})."
+          for a, ci in zip(("hybrid", "dense"), cis.values())),
         "",
     ]
     with atomic_path(cfg.out, is_dir=True) as tmp:
@@ -207,8 +180,7 @@ def run(cfg: RetrievalEvalConfig) -> dict:
         write_manifest(tmp, "retrieval_eval", cfg, counts={"questions": len(qs), "chunks": len(chunks)},
                        timings=timings, packages=["bm25s", "faiss-cpu", "sentence-transformers", "numpy"],
                        extra={"index_config": idx.config})
-    return {"out": str(cfg.out), "questions": len(qs), "dense": m_dense, "bm25": m_bm25,
-            f"recall@{k5}_dense_minus_bm25": ci}
+    return {"out": str(cfg.out), "questions": len(qs), **{m: metrics_by[m] for m in METHODS}, **cis}
 
 
 if __name__ == "__main__":

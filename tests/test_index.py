@@ -37,6 +37,9 @@ def test_index_finds_the_document_of_a_paraphrased_question(built):
                              "an ingress?", k=3)
     assert hits[0]["doc_id"] == "k8s/networking.k8s.io/v1/IngressTLS/secretName"
     assert [h["rank"] for h in hits] == [1, 2, 3] and hits[0]["score"] >= hits[1]["score"]
+    assert index.search(out, "ingress TLS secret name", k=3, method="dense")[0]["method"] == "dense"
+    with pytest.raises(ValueError, match="not one of hybrid, dense, bm25"):
+        index.search(out, "x", method="sparse")
     hits = index.search(out, "how does an ingress controller know it should serve this ingress object", k=3)
     assert "k8s/networking.k8s.io/v1/IngressSpec/ingressClassName" in [h["doc_id"] for h in hits]
     cfg = json.loads((out / "config.json").read_text())
@@ -119,7 +122,7 @@ def test_retrieval_eval_matches_hand_computed_numbers(built, tmp_path):
     res = retrieval_eval.run(retrieval_eval.RetrievalEvalConfig(
         index=out, questions=[tmp_path / "q.jsonl"], out=tmp_path / "ev", doc_id_field="source", bootstrap=200))
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
-    for method in ("dense", "bm25"):
+    for method in ("hybrid", "dense", "bm25"):
         ranks = [p[f"{method}_rank"] for p in m["per_question"]]
         for k in (1, 3, 5, 10):
             assert m[method][f"recall@{k}"] == pytest.approx(sum(1 for r in ranks if r and r <= k) / 3)
@@ -129,9 +132,13 @@ def test_retrieval_eval_matches_hand_computed_numbers(built, tmp_path):
     assert m["per_question"][0]["dense_rank"] == 1
     assert m["per_question"][2]["bm25_rank"] is None
     assert res["dense"] == m["dense"]
-    ci = m["recall@5_dense_minus_bm25"]
-    assert ci["ci95"][0] <= ci["mean"] <= ci["ci95"][1]
-    assert "| dense" in (tmp_path / "ev" / "report.md").read_text()
+    # fusion keeps what either finds near the top: the question BM25 misses is still found by hybrid
+    assert m["per_question"][2]["hybrid_rank"] is not None or m["per_question"][2]["dense_rank"] is None
+    for name in ("hybrid", "dense"):
+        ci = m[f"recall@5_{name}_minus_bm25"]
+        assert ci["ci95"][0] <= ci["mean"] <= ci["ci95"][1]
+    report = (tmp_path / "ev" / "report.md").read_text()
+    assert "| dense" in report and "| hybrid" in report and "| BM25" in report
 
     # the scoring itself on fixed rankings: ranks 1, 3, miss, 2 -> recall@1 1/4, @3 3/4, MRR (1+1/3+1/2)/4
     metrics, ranks = retrieval_eval.score([["a"], ["x", "y", "b"], ["z"], ["q", "d"]], ["a", "b", "c", "d"],
@@ -167,3 +174,13 @@ def test_help_is_light():
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            cwd=Path(__file__).resolve().parents[1])
         assert r.returncode == 0, (mod, r.stderr[-800:])
+
+
+def test_fusion_is_reciprocal_rank_with_deterministic_ties():
+    a = [(5, 0.9), (1, 0.8), (2, 0.1)]
+    b = [(1, 7.0), (3, 2.0)]
+    fused = index.fuse([a, b], k=60)
+    assert [i for i, _ in fused] == [1, 5, 3, 2]
+    assert fused[0][1] == pytest.approx(1 / 62 + 1 / 61)
+    # equal scores: lower chunk number first
+    assert [i for i, _ in index.fuse([[(9, 1.0)], [(4, 1.0)]])] == [4, 9]
