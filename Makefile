@@ -46,6 +46,10 @@ compile: install
 	$(VENV)/bin/kubellm compile experiment --store pvc -o workflows/rendered/experiment-pvc.yaml
 	$(VENV)/bin/kubellm compile nli -o workflows/rendered/nli.yaml
 	$(VENV)/bin/kubellm compile nli --store pvc -o workflows/rendered/nli-pvc.yaml
+	$(VENV)/bin/kubellm compile rag -o workflows/rendered/rag.yaml
+	$(VENV)/bin/kubellm compile rag --store pvc -o workflows/rendered/rag-pvc.yaml
+	$(VENV)/bin/kubellm compile rag --cron -o workflows/rendered/rag-refresh.yaml
+	$(VENV)/bin/kubellm compile rag --cron --store pvc -o workflows/rendered/rag-refresh-pvc.yaml
 
 check-k8s:
 	scripts/check_k8s.sh

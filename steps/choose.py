@@ -62,8 +62,10 @@ allocatable memory on a cluster.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -142,8 +144,9 @@ class Pool:
 
 
 class ChooseConfig(BaseModel):
-    hardware: str = Field("local", description="local (this machine), cluster (the kubeconfig's nodes), or a "
-                                               "JSON file written by `python -m steps.detect --out`")
+    hardware: str = Field("local", description="local (this machine), cluster (the kubeconfig's nodes), auto "
+                                               "(cluster inside a pod, else local), or a JSON file written by "
+                                               "`python -m steps.detect --out`")
     kubeconfig: str | None = Field(None, description="kubeconfig file for hardware=cluster")
     kube_context: str | None = Field(None, description="kubeconfig context for hardware=cluster")
     context: int = Field(4096, ge=1, description="tokens per sequence the server must hold (--max-model-len)")
@@ -151,6 +154,11 @@ class ChooseConfig(BaseModel):
     utilization: float = Field(0.9, gt=0, le=1, description="fraction of GPU (and CPU) memory to plan with "
                                                             "(vLLM's --gpu-memory-utilization)")
     out: str | None = Field(None, description="also write the JSON to this file")
+    pick: str | None = Field(None, description="a workflow's model parameter: `auto` is replaced by the choice for "
+                             "`role`, any other value is kept as given; written to out_param")
+    role: Literal["student", "teacher", "served"] = Field("served", description="the role `pick=auto` chooses for")
+    out_param: str | None = Field(None, description="write the picked model name to this file (an Argo output "
+                                  "parameter)")
 
 
 class NoFit(ValueError):
@@ -395,13 +403,34 @@ def load_hardware(spec: str, kubeconfig: str | None = None, kube_context: str | 
         raise ValueError(f"hardware {spec!r}: not local, cluster, or a readable steps.detect JSON file ({e})") from None
 
 
-def run(cfg: ChooseConfig) -> dict:
-    result = choose_all(load_hardware(cfg.hardware, cfg.kubeconfig, cfg.kube_context), cfg.context,
-                        cfg.concurrency, cfg.utilization)
-    if cfg.out:
-        from steps._io import write_json
+def in_pod() -> bool:
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and Path(SA_TOKEN).is_file()
 
+
+SA_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+
+def run(cfg: ChooseConfig) -> dict:
+    from steps._io import write_json, write_text
+
+    if cfg.pick and cfg.pick != "auto":
+        result: dict = {"picked": cfg.pick, "chosen": False}
+    else:
+        # auto hardware: the cluster from inside a pod (its ServiceAccount), else this machine
+        hw = ("cluster" if in_pod() else "local") if cfg.hardware == "auto" else cfg.hardware
+        result = choose_all(load_hardware(hw, cfg.kubeconfig, cfg.kube_context), cfg.context,
+                            cfg.concurrency, cfg.utilization)
+        if cfg.pick == "auto":
+            choice = result["choices"].get(cfg.role)
+            if not choice or not choice.get("model"):
+                why = (choice or {}).get("why", "no registry model fits")
+                raise ValueError(f"model=auto: no model fits the {cfg.role} role on {hw} hardware: {why}; "
+                                 "name a model instead of auto")
+            result = {**result, "picked": choice["model"], "chosen": True}
+    if cfg.out:
         write_json(cfg.out, result)
+    if cfg.out_param:
+        write_text(cfg.out_param, result["picked"] if "picked" in result else "")
     return result
 
 

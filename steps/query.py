@@ -12,13 +12,21 @@ writes every output, then exits non-zero (a re-run sends only the failed rows).
     python -m steps.query --input q.jsonl --out a/ --model openai:gpt-4o-mini   # OPENAI_API_KEY
     # a fine-tuned adapter, added to the running server first:
     python -m steps.query ... --lora-name student-ft --lora-path runs/x/adapter
+    # retrieval-augmented: the top-k chunks of a steps.index folder go into each prompt
+    python -m steps.query ... --rag runs/index --top-k 4
+
+With `rag`, each row's question (`prompt_field`) is searched in the index (steps.index.search: the
+fusion of MiniLM cosine and BM25 by default), and the best `top_k` chunks, each headed by its
+title, are put before the question in one user message under RAG_SYSTEM. Every answer row records
+what the model was shown: `context_ids` (chunk ids, `doc_id#k`), `context_doc_ids` and `contexts`
+(the chunk texts, in rank order), so the evaluation and a judge see the same passages.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -50,6 +58,11 @@ class QueryConfig(BaseModel):
                                        "output) when more than this fraction of the rows failed")
     csv_name: str | None = Field(None, description="also write the rows as this CSV in `out` (every input column, "
                                  "then response, model, finish_reason, token counts, latency_s, attempts, error)")
+    rag: str | None = Field(None, description="a steps.index folder: put the top_k retrieved chunks in each prompt "
+                            "and record their ids (empty: no retrieval)")
+    top_k: int = Field(4, ge=1, le=50, description="chunks retrieved per question with rag")
+    rag_method: Literal["hybrid", "dense", "bm25"] = Field("hybrid", description="retriever with rag: hybrid "
+                                                         "(rank fusion of dense and BM25), dense or bm25")
 
 
 def build_messages(row: dict, prompt_field: str, system_prompt: str | None, where: str) -> list[dict]:
@@ -60,6 +73,23 @@ def build_messages(row: dict, prompt_field: str, system_prompt: str | None, wher
                          f"fields are {sorted(row)}; set prompt_field to one of them")
     msgs = [{"role": "system", "content": system_prompt}] if system_prompt else []
     return msgs + [{"role": "user", "content": str(row[prompt_field])}]
+
+
+RAG_SYSTEM = ("You are a Kubernetes expert. Answer the question from the numbered passages of the "
+              "Kubernetes documentation given, in one to three sentences. If they do not answer it, say so.")
+
+
+def rag_messages(question: str, chunks: list[dict], system_prompt: str | None = None) -> list[dict]:
+    """The prompt of a retrieval-augmented answer: the passages, numbered and titled, then the question."""
+    passages = "\n\n".join(f"[{i}] {c.get('heading') or c['title']}\n{c['text']}" for i, c in enumerate(chunks, 1))
+    return [{"role": "system", "content": system_prompt or RAG_SYSTEM},
+            {"role": "user", "content": f"Documentation:\n{passages}\n\nQuestion: {question}"}]
+
+
+def retrieve(index_dir: str, questions: list[str], top_k: int, method: str) -> list[list[dict]]:
+    from steps.index import load_index
+
+    return load_index(index_dir).search_many(questions, top_k, method)
 
 
 def chat_job(key: str, messages: list[dict], params: dict) -> Job:
@@ -127,14 +157,36 @@ def csv_row(row: dict) -> dict:
     return {**head, "response": row.get("answer"), **{k: row.get(k) for k in _META}}
 
 
+def rag_info(cfg: QueryConfig) -> dict | None:
+    if not cfg.rag:
+        return None
+    import json
+
+    config = json.loads((Path(cfg.rag) / "config.json").read_text(encoding="utf-8"))
+    return {"index": str(cfg.rag), "top_k": cfg.top_k, "method": cfg.rag_method,
+            "index_model": config.get("model"), "chunk_words": config.get("chunk_words")}
+
+
 def run(cfg: QueryConfig) -> dict:
     from steps.client import Endpoint, load_lora_adapter
 
     t0 = time.monotonic()
     src, rows = input_rows(cfg.input, cfg.input_file)
+    contexts: dict[str, list[dict]] = {}
+    if cfg.rag:
+        for row in rows:
+            build_messages(row, cfg.prompt_field, None, str(src))  # the field check, before any retrieval
+            if "messages" in row and cfg.prompt_field not in row:
+                raise ValueError(f"{src}: row {row['id']!r} has `messages` but no {cfg.prompt_field!r}: rag "
+                                 "needs the question as text; set prompt_field to the field that holds it")
+        found = retrieve(cfg.rag, [str(r[cfg.prompt_field]) for r in rows], cfg.top_k, cfg.rag_method)
+        contexts = {str(r["id"]): hits for r, hits in zip(rows, found)}
     jobs = []
     for i, row in enumerate(rows):
-        msgs = build_messages(row, cfg.prompt_field, cfg.system_prompt, str(src))
+        if cfg.rag:
+            msgs = rag_messages(str(row[cfg.prompt_field]), contexts[str(row["id"])], cfg.system_prompt)
+        else:
+            msgs = build_messages(row, cfg.prompt_field, cfg.system_prompt, str(src))
         params: dict[str, Any] = {"temperature": cfg.temperature, "max_tokens": cfg.max_tokens}
         if cfg.temperature > 0:  # a seed only matters when sampling; seeded requests are sampled one by one
             params["seed"] = cfg.seed + i
@@ -168,7 +220,11 @@ def run(cfg: QueryConfig) -> dict:
     merged = []
     for row in rows:
         r = results[str(row["id"])]
-        merged.append({**row, "model": endpoint.model,
+        hits = contexts.get(str(row["id"]))
+        rag = {} if hits is None else {"context_ids": [h["id"] for h in hits],
+                                       "context_doc_ids": [h["doc_id"] for h in hits],
+                                       "contexts": [h["text"] for h in hits]}
+        merged.append({**row, "model": endpoint.model, **rag,
                        **{k: v for k, v in r.items() if k not in ("id", "request")}})
     failed = [r for r in merged if r.get("error")]
     wall = time.monotonic() - t0
@@ -181,7 +237,8 @@ def run(cfg: QueryConfig) -> dict:
         write_csv(out / cfg.csv_name, [csv_row(r) for r in merged])
     write_manifest(out, "query", cfg, counts=counts, timings={"wall": wall},
                    packages=["httpx"], extra={"endpoint": endpoint.base_url, "served_model": endpoint.model,
-                                               "tokens_per_s": tokens / wall if wall else None})
+                                               "tokens_per_s": tokens / wall if wall else None,
+                                               "rag": rag_info(cfg)})
     check_failed("query", failed, len(merged), cfg.max_failed_fraction, endpoint, out)
     return counts
 

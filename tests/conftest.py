@@ -68,6 +68,14 @@ def port_free(port: int, wait_s: float = 60) -> bool:
         time.sleep(1)
 
 
+def node_status(out: Path, node: str) -> dict:
+    """A node's status.json in a local run folder ({} before the node starts)."""
+    import json
+
+    p = Path(out) / "nodes" / node / "status.json"
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

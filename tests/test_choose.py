@@ -222,3 +222,25 @@ def test_kubellm_choose_from_a_detect_file(tmp_path, capsys):
         main(["choose", "--from", str(tmp_path / "missing.json")])
     with pytest.raises(SystemExit, match="concurrency"):
         main(["choose", "--from", str(hw), "--concurrency", "0"])
+
+
+def test_pick_auto_writes_the_choice_for_a_workflow_and_keeps_a_named_model(tmp_path, monkeypatch):
+    hw = tmp_path / "hw.json"
+    hw.write_text(json.dumps(local(L4)))
+    res = ch.run(ch.ChooseConfig(hardware=str(hw), pick="auto", role="served", out_param=str(tmp_path / "m")))
+    assert res["picked"] == QWEN("7B") and res["chosen"] is True
+    assert (tmp_path / "m").read_text() == QWEN("7B")
+    res = ch.run(ch.ChooseConfig(hardware=str(hw), pick="auto", role="student", out_param=str(tmp_path / "s")))
+    assert (tmp_path / "s").read_text() == QWEN("3B")
+    # a named model passes through untouched, without reading any hardware
+    res = ch.run(ch.ChooseConfig(hardware="/no/such/file", pick="gemma3-270m", out_param=str(tmp_path / "g")))
+    assert res == {"picked": "gemma3-270m", "chosen": False} and (tmp_path / "g").read_text() == "gemma3-270m"
+    # nothing fits: one message, naming the role and the way out
+    tiny = tmp_path / "tiny.json"
+    tiny.write_text(json.dumps(cpu_only(1 * GIB)))
+    with pytest.raises(ValueError, match=r"model=auto: no model fits the served role .*name a model instead"):
+        ch.run(ch.ChooseConfig(hardware=str(tiny), pick="auto", out_param=str(tmp_path / "x")))
+    assert not (tmp_path / "x").exists()
+    # auto hardware outside a pod is this machine
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    assert ch.in_pod() is False

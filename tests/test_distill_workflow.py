@@ -23,7 +23,18 @@ def test_workflow_shape():
     spec = doc["spec"]
     tasks = {t["name"]: t for t in next(t for t in spec["templates"] if t["name"] == "main")["dag"]["tasks"]}
     assert set(tasks) == {"check-params", "memo-keys", "prepare-student", "harvest", "serve", "generate", "answer-baseline",
-                          "finetune", "answer-finetuned", "evaluate"}
+                          "finetune", "answer-finetuned", "index", "answer-baseline-rag", "answer-finetuned-rag",
+                          "evaluate"}
+    # retrieval next to fine-tuning: the index of the same harvest, and both students answering with it
+    assert tasks["index"]["depends"] == "harvest"
+    assert set(tasks["answer-finetuned-rag"]["depends"].split(" && ")) == {"index", "answer-finetuned"}
+    tpl = templates_named(spec, "answer-finetuned-rag")["container"]["args"]
+    assert tpl[tpl.index("--rag") + 1] == "/in/index" and "--lora-path" in tpl
+    assert "--rag" not in templates_named(spec, "answer-finetuned")["container"]["args"]
+    ev = templates_named(spec, "evaluate")["container"]["args"]
+    assert "--baseline-rag" in ev and "--finetuned-rag" in ev
+    no_rag = {t["name"] for t in _main_tasks(cli.compile_doc("distill", "s3", {"rag": "false"}))}
+    assert no_rag == set(tasks) - {"index", "answer-baseline-rag", "answer-finetuned-rag"}
     assert templates_named(spec, "generate")["memoize"]["cache"]["configMap"]["name"] == "kubellm-memo"
     assert templates_named(spec, "evaluate")["outputs"]["artifacts"][0]["archive"] == {"none": {}}
     gauges = {g["name"] for g in templates_named(spec, "answer-baseline")["metrics"]["prometheus"]}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port, interrupt_when, port_free
+from tests.conftest import free_port, node_status as _status, interrupt_when, port_free
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["-p", "num-questions=8", "-p", "heldout-unseen=4", "-p", "heldout-paraphrase=4", "-p", "steps=6",
@@ -26,11 +26,6 @@ TINY = ["-p", "num-questions=8", "-p", "heldout-unseen=4", "-p", "heldout-paraph
 def _cmd(out: Path, port: int) -> list[str]:
     return [sys.executable, "-m", "workflows.cli", "run", "distill", "--out", str(out), "--serve-port", str(port),
             *TINY]
-
-
-def _status(out: Path, node: str) -> dict:
-    p = out / "nodes" / node / "status.json"
-    return json.loads(p.read_text()) if p.exists() else {}
 
 
 @pytest.mark.slow
@@ -80,6 +75,23 @@ def test_distill_tiny_interrupt_resume_and_report(tmp_path, cache_dir):
     ans = [json.loads(line) for line in
            (out / "nodes/answer-finetuned/artifacts/answers/answers.jsonl").read_text().splitlines()]
     assert {a["model"] for a in ans} == {"smollm2-135m-ft"}
+    # fine-tune, retrieve, or both: the RAG answers saw the index's chunks, and the report compares four ways
+    rag = {k: [json.loads(line) for line in
+               (out / f"nodes/answer-{k}-rag/artifacts/answers/answers.jsonl").read_text().splitlines()]
+           for k in ("baseline", "finetuned")}
+    assert {a["model"] for a in rag["finetuned"]} == {"smollm2-135m-ft"}
+    assert {a["model"] for a in rag["baseline"]} == {"smollm2-135m"}
+    chunks = {json.loads(line)["id"]: json.loads(line)["text"] for line in
+              (out / "nodes/index/artifacts/index/chunks.jsonl").read_text().splitlines()}
+    for a in rag["baseline"] + rag["finetuned"]:
+        assert len(a["context_ids"]) == 4 and [chunks[c] for c in a["context_ids"]] == a["contexts"]
+    fw = report["overall"]["four_way"]
+    assert set(fw) == {"baseline", "finetuned", "baseline_rag", "finetuned_rag"}
+    for k in ("finetuned", "baseline_rag", "finetuned_rag"):
+        ci = fw[k]["minus_baseline"]
+        assert ci["ci95"][0] <= ci["mean"] <= ci["ci95"][1]
+    assert 0.0 <= report["overall"]["source_retrieved_share"] <= 1.0
+    assert "Fine-tune, retrieve, or both" in (out / "report.md").read_text()
     # the numbers the templates' Prometheus metrics read came out of the steps, not the defaults
     assert _status(out, "answer-baseline")["outputs"]["parameters"] == {"rows": str(n_held), "failed": "0"}
     assert _status(out, "generate")["outputs"]["parameters"]["rows"] == str(n_train + n_held)

@@ -58,6 +58,8 @@ def test_chunking_keeps_ids_and_respects_the_size(kb, built):
         by_doc.setdefault(c["doc_id"], []).append(c)
         assert len(c["text"].split()) == c["words"] <= 40
         assert c["title"] == docs[c["doc_id"]]["title"]
+        d = docs[c["doc_id"]]
+        assert c["heading"] == (f"{d['title']} ({index.heading(d, '')[2:-1]})" if d["doc_type"] == "field" else d["title"])
         assert c["content_hash"] == docs[c["doc_id"]]["content_hash"]
     for doc_id, cs in by_doc.items():
         assert [c["id"] for c in cs] == [f"{doc_id}#{k}" for k in range(len(cs))]
@@ -174,6 +176,16 @@ def test_help_is_light():
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            cwd=Path(__file__).resolve().parents[1])
         assert r.returncode == 0, (mod, r.stderr[-800:])
+
+
+def test_headings_carry_a_fields_type():
+    f = {"doc_type": "field"}
+    assert index.heading({**f, "type": "str"}, "CronJob.spec.schedule") == "CronJob.spec.schedule (string)"
+    assert index.heading({**f, "type": "list[V1Container]"}, "Pod.spec.containers") == \
+        "Pod.spec.containers (list of Container)"
+    assert index.heading({**f, "type": "V1beta1ParamRef"}, "X.spec.paramRef") == "X.spec.paramRef (ParamRef)"
+    assert index.heading({"doc_type": "kind", "type": "object"}, "CronJob") == "CronJob"
+    assert index.indexed_text({"title": "A.b", "heading": "A.b (integer)", "text": "t"}) == "A.b (integer)\nt"
 
 
 def test_fusion_is_reciprocal_rank_with_deterministic_ties():

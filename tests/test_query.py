@@ -374,3 +374,33 @@ def test_study_rows_keep_every_column_and_write_a_csv(server, tmp_path):
     assert [g["story"] for g in got] == [r["story"] for r in rows]
     assert [g["response"] for g in got] == [answer_for(question(i)) for i in range(3)]
     assert got[1]["attempts"] == "2" and got[0]["attempts"] == "1" and all(g["error"] == "" for g in got)
+
+
+def test_rag_puts_the_retrieved_chunks_in_the_prompt_and_records_them(server, tmp_path):
+    pytest.importorskip("faiss")
+    from steps import harvest, index
+
+    harvest.run(harvest.HarvestConfig(out=tmp_path / "kb", topics=["ingress"]))
+    index.run(index.IndexConfig(kb=tmp_path / "kb", out=tmp_path / "idx", chunk_words=40, overlap_words=8))
+    rows = [{"id": "tls", "question": "Which secret holds the TLS certificate of an ingress?"},
+            {"id": "class", "question": "How does an ingress name the controller that serves it?"}]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run(config(server, tmp_path, rag=str(tmp_path / "idx"), top_k=3))
+    out = {r["id"]: r for r in read(tmp_path / "out" / "answers.jsonl")}
+    chunks = {c["id"]: c for c in read(tmp_path / "idx" / "chunks.jsonl")}
+    sent = {r.prompt: r.body for r in server.completions()}
+    for row in rows:
+        a = out[row["id"]]
+        assert len(a["context_ids"]) == 3 and a["contexts"] == [chunks[c]["text"] for c in a["context_ids"]]
+        assert a["context_doc_ids"] == [chunks[c]["doc_id"] for c in a["context_ids"]]
+        user = next(p for p in sent if row["question"] in p)
+        for n, cid in enumerate(a["context_ids"], 1):  # numbered, titled, in rank order
+            assert f"[{n}] {chunks[cid]['heading']}\n{chunks[cid]['text']}" in user
+    assert "k8s/networking.k8s.io/v1/IngressTLS/secretName" in out["tls"]["context_doc_ids"]
+    man = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert man["rag"]["top_k"] == 3 and man["rag"]["method"] == "hybrid"
+
+    # an index folder that is not one: refused before anything is written
+    with pytest.raises(ValueError, match=r"holds no config.json"):
+        run(config(server, tmp_path, out=str(tmp_path / "out2"), rag=str(tmp_path / "kb")))
+    assert not (tmp_path / "out2").exists()

@@ -12,7 +12,8 @@ from workflows.lint import lint_workflow
 from workflows.runner import check_supported
 
 ROOT = Path(__file__).resolve().parents[1]
-CASES = [(p, s) for p in ("distill", "experiment", "nli") for s in ("s3", "pvc")]
+CASES = [(p, s) for p in ("distill", "experiment", "nli", "rag") for s in ("s3", "pvc")]
+CRON = [("rag", "s3"), ("rag", "pvc")]
 
 
 @pytest.mark.parametrize("pipeline,store", CASES, ids=lambda x: x)
@@ -27,11 +28,12 @@ def test_rendered_yaml_is_current_lints_clean_and_runs_locally(pipeline, store):
 VARIANTS = [{"gpus": "1"}, {"method": "qlora", "gpus": "1"}, {"method": "full"}, {"method": "full", "gpus": "2"},
             {"models": '[{"name": "smollm2-135m", "cpu": "1", "memory": "4Gi"}, {"name": "m/x", "gpus": 2}]',
              "serve-image": "ghcr.io/kubellm/serve:0.1.0"},
-            {"max-servers": "3"}, {"dataset": "nyu-mll/multi_nli", "model": "google/flan-t5-small"}]
+            {"max-servers": "3"}, {"dataset": "nyu-mll/multi_nli", "model": "google/flan-t5-small"},
+            {"rag": "false"}, {"sources": "k8s-api,cluster", "judge": "openai:gpt-4o-mini"}]
 
 
 @pytest.mark.parametrize("store", ("s3", "pvc"))
-@pytest.mark.parametrize("pipeline,params", [(p, v) for v in VARIANTS for p in ("distill", "experiment", "nli")
+@pytest.mark.parametrize("pipeline,params", [(p, v) for v in VARIANTS for p in ("distill", "experiment", "nli", "rag")
                                              if set(v) <= set(__import__(f"workflows.{p}", fromlist=["PARAMS"]).PARAMS)],
                          ids=str)
 def test_every_variant_passes_argos_rules_and_runs_locally(pipeline, params, store):
@@ -45,6 +47,31 @@ def test_every_variant_passes_argos_rules_and_runs_locally(pipeline, params, sto
     assert check_supported(doc, {"models": Path("/tmp")}) == []
 
 
+@pytest.mark.parametrize("pipeline,store", CRON, ids=lambda x: x)
+def test_rendered_cron_workflow_is_current_and_lints_clean(pipeline, store):
+    path = ROOT / "workflows" / "rendered" / (f"{pipeline}-refresh.yaml" if store == "s3" else f"{pipeline}-refresh-{store}.yaml")
+    doc = cli.compile_cron(pipeline, store, {}, "0 */6 * * *")
+    assert cli.to_yaml(doc) == path.read_text(), f"run `make compile` to update {path}"
+    assert doc["kind"] == "CronWorkflow" and doc["spec"]["concurrencyPolicy"] == "Forbid"
+    assert lint_workflow(doc, path.name) == []
+    # its workflow spec is what the local runner could run
+    wf = {"apiVersion": doc["apiVersion"], "kind": "Workflow", "metadata": {"generateName": "x-"},
+          "spec": doc["spec"]["workflowSpec"]}
+    assert check_supported(wf, {"models": Path("/tmp")}) == []
+
+
+def test_cron_lint_catches_a_bad_schedule_and_a_bad_workflow_spec():
+    doc = cli.compile_cron("rag", "s3", {}, "0 */6 * * *")
+    doc["spec"]["schedules"] = ["0 25 * * *"]
+    doc["spec"]["workflowSpec"]["templates"][0]["dag"]["tasks"][1]["template"] = "nope"
+    problems = lint_workflow(doc, "c.yaml")
+    assert any("spec.schedules[0]" in p and "hour field '25'" in p for p in problems), problems
+    assert any(p.startswith("c.yaml: spec.workflowSpec.templates[0]") and "nope" in p for p in problems), problems
+    with pytest.raises(SystemExit, match="has 2 fields; a cron schedule has 5"):
+        cli.compile_cron("rag", "s3", {}, "every day")
+
+
 def test_every_rendered_file_is_checked():
     rendered = {p.name for p in (ROOT / "workflows" / "rendered").glob("*.yaml")}
-    assert rendered == {f"{p}.yaml" if s == "s3" else f"{p}-{s}.yaml" for p, s in CASES}
+    assert rendered == ({f"{p}.yaml" if s == "s3" else f"{p}-{s}.yaml" for p, s in CASES}
+                        | {f"{p}-refresh.yaml" if s == "s3" else f"{p}-refresh-{s}.yaml" for p, s in CRON})

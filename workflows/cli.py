@@ -7,6 +7,7 @@
     kubellm serve nli --model DIR [--port 8080]
     kubellm detect [--cluster] [--kubeconfig PATH] [--json]
     kubellm choose [--cluster | --from detect.json] [--context N] [--concurrency N] [--json]
+    kubellm ask "question" [--index DIR] [--url URL --model NAME | --model openai:MODEL] [--top-k K] [--json]
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-PIPELINES = ("distill", "experiment", "nli")
+PIPELINES = ("distill", "experiment", "nli", "rag")
 
 
 
@@ -50,6 +51,21 @@ def compile_doc(name: str, store: str, params: dict[str, str], serve_port: int |
     except (ValueError, OSError) as e:
         raise SystemExit(f"{name}: {e}") from None
     return wf.to_dict()
+
+
+def compile_cron(name: str, store: str, params: dict[str, str], schedule: str) -> dict:
+    """A pipeline's CronWorkflow (rag: the index refresh from the live cluster)."""
+    mod = _pipeline(name)
+    if not hasattr(mod, "cron"):
+        raise SystemExit(f"{name} has no CronWorkflow; --cron is for: "
+                         + ", ".join(p for p in PIPELINES if hasattr(_pipeline(p), "cron")))
+    try:
+        from workflows.argo.cron import check_schedule
+
+        check_schedule(schedule)
+        return mod.cron(store=store, params=params, schedule=schedule).to_dict()
+    except ValueError as e:
+        raise SystemExit(f"{name} --cron: {e}") from None
 
 
 def _refuse_gpus_here(name: str, params: dict[str, str]) -> None:
@@ -88,7 +104,10 @@ def to_yaml(doc: dict) -> str:
 
 
 def cmd_compile(a: argparse.Namespace) -> int:
-    doc = compile_doc(a.pipeline, a.store, _params(a.param))
+    if a.cron:
+        doc = compile_cron(a.pipeline, a.store, _params(a.param), a.schedule)
+    else:
+        doc = compile_doc(a.pipeline, a.store, _params(a.param))
     from workflows.lint import lint_workflow
 
     problems = lint_workflow(doc, a.output or f"<{a.pipeline}>")
@@ -124,7 +143,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     except WorkflowError as e:
         raise SystemExit(f"cannot run {a.pipeline} locally: {e}") from None
     wall = time.monotonic() - t0
-    report = {"distill": _collect_report, "experiment": _experiment_report, "nli": _collect_report}[a.pipeline](out, result)
+    report = {"distill": _collect_report, "experiment": _experiment_report, "nli": _collect_report,
+              "rag": _collect_report}[a.pipeline](out, result)
     print(f"\n{a.pipeline}: {result.phase} in {wall / 60:.1f} min ({wall:.0f} s) -> {out}")
     if report:
         print(f"report: {report}")
@@ -348,6 +368,33 @@ def cmd_choose(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ask(a: argparse.Namespace) -> int:
+    """One answer from retrieved documentation, with its numbered sources."""
+    from pydantic import ValidationError
+
+    from steps.ask import AskConfig, run as ask
+
+    fields = {"question": a.question, "index": a.index, "model": a.model, "url": a.url,
+              "api_key_env": a.api_key_env, "top_k": a.top_k, "method": a.method, "max_tokens": a.max_tokens}
+    try:
+        res = ask(AskConfig(**{k: v for k, v in fields.items() if v is not None}))
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise SystemExit(f"ask: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+    except (ValueError, OSError) as e:
+        raise SystemExit(f"ask: {e}") from None
+    if a.json or not sys.stdout.isatty():
+        print(json.dumps(res, indent=2))
+        return 0
+    print(res["answer"] or "(empty answer)")
+    if res["finish_reason"] == "length":
+        print(f"(cut at {a.max_tokens or 160} tokens)")
+    print(f"\nSources ({res['method']} retrieval, {res['model']}, {res['latency_s']:.1f} s):")
+    for src in res["sources"]:
+        print(f"  [{src['n']}] {src['title']}  ({src['doc_id']})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="kubellm", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -357,6 +404,9 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("-o", "--output", help="file to write (default: stdout)")
     c.add_argument("--store", default="s3", choices=("s3", "pvc"), help="where artifacts live on the cluster")
     c.add_argument("-p", "--param", action="append", default=[], help="key=value default for a workflow parameter")
+    c.add_argument("--cron", action="store_true", help="the pipeline's CronWorkflow instead (rag: the index refresh "
+                                                       "from the live cluster)")
+    c.add_argument("--schedule", default="0 */6 * * *", help="with --cron: cron schedule (default every 6 hours)")
     c.set_defaults(fn=cmd_compile)
     r = sub.add_parser("run", help="run a pipeline on this machine (the compiled workflow, no cluster)")
     r.add_argument("pipeline", choices=PIPELINES)
@@ -413,6 +463,21 @@ def main(argv: list[str] | None = None) -> int:
     ch.add_argument("--out", metavar="FILE", help="also write the JSON here")
     ch.add_argument("--json", action="store_true", help="JSON even on a terminal")
     ch.set_defaults(fn=cmd_choose)
+    ak = sub.add_parser("ask", help="answer one question from retrieved documentation, with sources",
+                        description="Retrieve the best chunks of an index, answer with a model, list the sources. "
+                                    "Without --url or openai:MODEL the bundled model is served here for the "
+                                    "answer. More: python -m steps.ask --help")
+    ak.add_argument("question")
+    ak.add_argument("--index", metavar="DIR", help="a steps.index folder (default: the v1.28 reference index, "
+                                                   "built once under ~/.cache/kubellm)")
+    ak.add_argument("--model", help="served model name, openai:MODEL, or a bundled model (default smollm2-135m)")
+    ak.add_argument("--url", help="base URL of a running OpenAI-compatible server")
+    ak.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the API key")
+    ak.add_argument("--top-k", type=int, help="chunks retrieved (default 4)")
+    ak.add_argument("--method", choices=("hybrid", "dense", "bm25"), help="retriever (default hybrid)")
+    ak.add_argument("--max-tokens", type=int, help="answer length cap (default 160)")
+    ak.add_argument("--json", action="store_true", help="JSON even on a terminal")
+    ak.set_defaults(fn=cmd_ask)
     pa = sub.add_parser("params", help="list a pipeline's parameters")
     pa.add_argument("pipeline", choices=PIPELINES)
     pa.set_defaults(fn=cmd_params)

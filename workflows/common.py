@@ -56,6 +56,9 @@ METRIC_HELP = {
     "accuracy": "test accuracy of a kubellm NLI model after fine-tuning",
     "zero_shot_accuracy": "test accuracy of a kubellm NLI model before fine-tuning",
     "accuracy_diff": "test accuracy of a kubellm NLI model: fine-tuned minus zero-shot",
+    "rag_accuracy": "factual accuracy of a kubellm rag run's answers with retrieval",
+    "closed_accuracy": "factual accuracy of a kubellm rag run's answers without retrieval",
+    "rag_diff": "factual accuracy of a kubellm rag run: with retrieval minus without",
 }
 
 

@@ -1,11 +1,14 @@
 """The distill pipeline as one Hera Workflow: the only definition of it.
 
     prepare-student ─┬─ serve (daemon: vLLM, base model + runtime LoRA) ─┐
-    harvest ─────────┴──────────────────────────────── generate ────────┼─ baseline ──────────┐
-                                                                        └─ finetune ─ finetuned ┴─ evaluate
+    harvest ─────────┴──────────────────────────────── generate ────────┼─ baseline ─ baseline-rag ─────┐
+          └─ index ─────────────────────────────────────────────────────┴─ finetune ─ finetuned ─ finetuned-rag ┴─ evaluate
 
 The teacher writes questions and grounded answers (generate); the student answers the held-out
-questions before (baseline) and after fine-tuning (finetuned); evaluate writes the report.
+questions before (baseline) and after fine-tuning (finetuned), each also with the top-k chunks of
+the knowledge base's index in its prompt (-rag: steps.index + steps.query --rag); evaluate writes
+the report: fine-tune, retrieve, or both, on the same questions and metric. `-p rag=false` at
+compile time leaves out the index and the two RAG answer nodes.
 By default the teacher is the student's own base model with the source document in its prompt
 (context distillation), so one server start serves teacher, baseline and fine-tuned student.
 
@@ -45,6 +48,10 @@ PARAMS: dict[str, Param] = {
     "learning-rate": Param("2e-4", "peak learning rate", f"{FT}.learning_rate"),
     "batch-size": Param("2", "per-device batch size", f"{FT}.batch_size"),
     "grad-accum": Param("2", "gradient accumulation steps", f"{FT}.grad_accum"),
+    "rag": Param("true", "also answer with retrieved chunks in the prompt (baseline + RAG, fine-tuned + RAG) "
+                         "(compile-time: false leaves out the index and RAG answer nodes)", enum=("true", "false"),
+                 compile_time=True),
+    "top-k": Param("4", "chunks retrieved per question with rag", "steps.query:QueryConfig.top_k"),
     "answer-tokens": Param("80", "max tokens per answer (teacher and students)", f"{GEN}.max_tokens"),
     "concurrency": Param("16", "model requests in flight per step", f"{GEN}.concurrency"),
     "seed": Param("0", "seed for selection, sampling, training and bootstrap", f"{FT}.seed"),
@@ -68,6 +75,7 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
     values = merge_params("distill", PARAMS, params)
     gpus = wp("gpus") if int(values["gpus"]) > 0 else None
     full = values["method"] == "full"
+    rag = values["rag"] == "true"
 
     check = check_node("distill", PARAMS, values)
     prepare = container_step("prepare-model", "steps.models", ["--name", inp("model"), "--out-param", "/tmp/model-path"],
@@ -110,7 +118,7 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
         st, kb_in + [Parameter(name="served-url")], data_out, cpu="1", mem="2Gi", retry=True, env=[API_KEY],
         metrics=("rows", "failed"), memoize=True, deadline=3 * 3600)
 
-    def answer(tname: str, lora: bool) -> Container:
+    def answer(tname: str, lora: bool, with_rag: bool = False) -> Container:
         d_in, d_read = st.inp("data")
         a_out, a_path = st.out(tname, "answers")
         args = ["--input", d_read, "--out", a_path, "--model", inp("model"),
@@ -119,6 +127,10 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
                 # evaluate scores every held-out question: one missing answer fails the node
                 "--max-failed-fraction", "0"]
         ins = d_in + [Parameter(name="model"), Parameter(name="url")]
+        if with_rag:
+            ix_in, ix_read = st.inp("index")
+            ins += ix_in
+            args += ["--rag", ix_read, "--top-k", wp("top-k")]
         if lora:
             ad_in, ad_read = st.inp("finetune")
             ins += ad_in
@@ -131,6 +143,12 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
     # by a second server from the merged folder, on the next port: both run until the DAG ends, and
     # the local runner's processes share one network
     baseline, finetuned = answer("answer-baseline", False), answer("answer-finetuned", not full)
+    baseline_rag = answer("answer-baseline-rag", False, True)
+    finetuned_rag = answer("answer-finetuned-rag", not full, True)
+    kb_in2, kb_read2 = st.inp("kb")
+    ix_out, ix_path = st.out("index", "index")
+    index = container_step("index", "steps.index", ["--kb", kb_read2, "--out", ix_path], st, kb_in2, ix_out,
+                           cpu="2", mem="3Gi", deadline=3 * 3600)
 
     d_in, d_read = st.inp("data")
     ft_out, ft_path = st.out("finetune", "finetune")
@@ -151,7 +169,8 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
                                ft_in + [Parameter(name="served-name")], port=serve_port + 1, patch=gpu_patch,
                                tolerations=bool(gpus), mounts=st.mounts())
 
-    ins, reads = st.inputs("data", "baseline", "finetuned", "finetune", "kb")
+    ins, reads = st.inputs("data", "baseline", "finetuned", "finetune", "kb",
+                           *(("baseline-rag", "finetuned-rag") if rag else ()))
     rep_out, rep_path = st.out("evaluate", "report")
     for a in rep_out:
         a.archive = NoneArchiveStrategy()  # stored as files: the Argo UI opens report.html directly
@@ -159,7 +178,8 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
         "evaluate", "steps.evaluate",
         ["--data", reads["data"], "--baseline", reads["baseline"], "--finetuned", reads["finetuned"],
          "--finetune", reads["finetune"], "--kb", reads["kb"], "--out", rep_path,
-         "--teacher", inp("teacher"), "--student", wp("student"), "--seed", wp("seed")],
+         "--teacher", inp("teacher"), "--student", wp("student"), "--seed", wp("seed")]
+        + (["--baseline-rag", reads["baseline-rag"], "--finetuned-rag", reads["finetuned-rag"]] if rag else []),
         st, ins + [Parameter(name="teacher")], rep_out, cpu="2", mem="4Gi",
         metrics=("diff", "finetuned", "baseline"), deadline=3 * 3600)
 
@@ -200,11 +220,23 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
             else:
                 ft_args += [st.arg("finetune", "finetune"), Parameter(name="url", value=served_url)]
             t_fta = Task(name="answer-finetuned", template=finetuned, arguments=ft_args)
-            t_eval = Task(name="evaluate", template=evaluate,
-                          arguments=[st.arg("generate", "data"), st.arg("answer-baseline", "answers", "baseline"),
-                                     st.arg("answer-finetuned", "answers", "finetuned"),
-                                     st.arg("finetune", "finetune"), st.arg("harvest", "kb"),
-                                     Parameter(name="teacher", value=wp("teacher"))])
+            eval_args = [st.arg("generate", "data"), st.arg("answer-baseline", "answers", "baseline"),
+                         st.arg("answer-finetuned", "answers", "finetuned"),
+                         st.arg("finetune", "finetune"), st.arg("harvest", "kb"),
+                         Parameter(name="teacher", value=wp("teacher"))]
+            if rag:
+                t_index = Task(name="index", template=index, arguments=[st.arg("harvest", "kb")])
+                t_brag = Task(name="answer-baseline-rag", template=baseline_rag,
+                              arguments=[st.arg("generate", "data"), st.arg("index", "index"),
+                                         Parameter(name="model", value=wp("student")),
+                                         Parameter(name="url", value=served_url)])
+                # loads the adapter itself (a no-op when answer-finetuned did): a retried run's new
+                # server has none
+                t_frag = Task(name="answer-finetuned-rag", template=finetuned_rag,
+                              arguments=ft_args + [st.arg("index", "index")])
+                eval_args += [st.arg("answer-baseline-rag", "answers", "baseline-rag"),
+                              st.arg("answer-finetuned-rag", "answers", "finetuned-rag")]
+            t_eval = Task(name="evaluate", template=evaluate, arguments=eval_args)
             t_check >> [t_prep, t_harvest, t_keys]
             t_prep >> t_serve
             [t_harvest, t_serve, t_keys] >> t_gen >> [t_base, t_ft]
@@ -213,8 +245,13 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
             else:
                 [t_ft, t_base] >> t_fta
             t_fta >> t_eval
+            if rag:
+                t_harvest >> t_index
+                [t_index, t_base] >> t_brag >> t_eval
+                [t_index, t_fta] >> t_frag >> t_eval
         add_templates(wf, [check, memokeys, prepare, harvest, serve, generate, baseline, finetuned, finetune]
-                      + ([serve_ft] if full else []) + [evaluate])
+                      + ([serve_ft] if full else []) + ([index, baseline_rag, finetuned_rag] if rag else [])
+                      + [evaluate])
     return wf
 
 

@@ -295,8 +295,21 @@ def lint_workflow(doc: dict, source: str = "<workflow>") -> list[str]:
     if not isinstance(doc, dict):
         return [f"{source}: not a mapping"]
     problems = []
+    if doc.get("kind") == "CronWorkflow":
+        # its own fields, then its workflowSpec exactly as a Workflow carrying it would be checked
+        from workflows.argo.cron import cron_problems
+
+        problems = cron_problems(doc)
+        spec = (doc.get("spec") or {}).get("workflowSpec")
+        if isinstance(spec, dict):
+            inner = {"apiVersion": doc.get("apiVersion"), "kind": "Workflow",
+                     "metadata": {"generateName": f"{(doc.get('metadata') or {}).get('name', 'cron')}-"}, "spec": spec}
+            for p in lint_workflow(inner, ""):
+                p = p.removeprefix(": ")
+                problems.append(f"spec.workflowSpec.{p.removeprefix('spec.')}" if p.startswith("spec.") else p)
+        return [f"{source}: {p}" for p in dict.fromkeys(problems)]
     if doc.get("kind") != "Workflow":
-        problems.append(f"kind: expected Workflow, got {doc.get('kind')!r}")
+        problems.append(f"kind: expected Workflow or CronWorkflow, got {doc.get('kind')!r}")
     problems += schema_problems(doc)
     problems += reference_problems(doc)
     problems += argo_problems(doc)
