@@ -2,7 +2,8 @@
 # Offline checks of everything kubellm applies to a cluster. No cluster, registry or network
 # is needed once the tool venv exists.
 #
-#   scripts/check_k8s.sh                   k8s/overlays/{cpu,gpu,dev}, k8s/monitoring, k8s/nli, workflows/rendered/*.yaml
+#   scripts/check_k8s.sh                   k8s/overlays/{cpu,gpu,dev}, k8s/monitoring, k8s/nli, k8s/rag,
+#                                          workflows/rendered/*.yaml
 #   scripts/check_k8s.sh TARGET...         only these: kustomization folders or YAML files
 #   scripts/check_k8s.sh --setup           only create the tool venv
 #
@@ -54,7 +55,7 @@ if [[ "${1:-}" == "--setup" ]]; then
   exit 0
 fi
 if [[ "${1:-}" == -* ]]; then
-  sed -n '2,7p' "$0" >&2
+  sed -n '2,8p' "$0" >&2
   exit 2
 fi
 
@@ -67,7 +68,7 @@ for arg in "$@"; do   # as given from the caller's folder; shown relative to the
 done
 cd "$ROOT"
 if [[ $# -eq 0 ]]; then
-  TARGETS=(k8s/overlays/cpu k8s/overlays/gpu k8s/overlays/dev k8s/monitoring k8s/nli workflows/rendered/*.yaml)
+  TARGETS=(k8s/overlays/cpu k8s/overlays/gpu k8s/overlays/dev k8s/monitoring k8s/nli k8s/rag workflows/rendered/*.yaml)
 fi
 
 OUT=$(mktemp -d "${TMPDIR:-/tmp}/kubellm-check-k8s.XXXXXX")

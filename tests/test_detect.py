@@ -9,20 +9,15 @@ import json
 import socket
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
 
 import pytest
-import yaml
 
 from steps import detect
-from tests.conftest import free_port
+from tests.apiserver import TOKEN, ApiServer, no_proxy, write_kubeconfig  # noqa: F401 (no_proxy: autouse)
 
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 1 << 20
-TOKEN = "kubellm-test-token-0a1b2c3d4e5f"
 
 # nvidia-smi --query-gpu=name,memory.total,compute_cap,driver_version --format=csv,noheader,nounits
 NVIDIA_SMI_T4 = "Tesla T4, 15360, 7.5, 535.104.05\n"
@@ -261,76 +256,13 @@ def test_parse_node_reads_resources_labels_taints_and_readiness():
     assert node["ready"] is False and node["schedulable"] is False
 
 
-class FakeApiServer:
-    """A Kubernetes API server on loopback that knows GET /api/v1/nodes, answering in pages of
-    `limit` with an opaque `continue` token, or with a fixed error Status."""
-
-    def __init__(self, nodes: list[dict], error: dict | None = None, content_type: str | None = "application/json"):
-        self.nodes, self.error, self.requests = nodes, error, []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                url = urlparse(self.path)
-                query = {k: v[0] for k, v in parse_qs(url.query).items()}
-                outer.requests.append({"path": url.path, "query": query,
-                                       "authorization": self.headers.get("Authorization")})
-                if outer.error:
-                    return self._send(outer.error["code"], outer.error)
-                if url.path != "/api/v1/nodes":
-                    return self._send(404, {"kind": "Status", "status": "Failure", "code": 404, "reason": "NotFound"})
-                start = int(query["continue"].removeprefix("page-at-")) if "continue" in query else 0
-                limit = int(query.get("limit", len(outer.nodes)))
-                page = outer.nodes[start:start + limit]
-                meta = {"resourceVersion": "48212000"}
-                if start + limit < len(outer.nodes):
-                    meta["continue"] = f"page-at-{start + limit}"
-                    meta["remainingItemCount"] = len(outer.nodes) - start - limit
-                self._send(200, {"kind": "NodeList", "apiVersion": "v1", "metadata": meta, "items": page})
-
-            def _send(self, code: int, body: dict):
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                if content_type:
-                    self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=10)
-
-
-def write_kubeconfig(path: Path, server: str) -> Path:
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "ml",
-        "clusters": [{"name": "ml", "cluster": {"server": server}}],
-        "users": [{"name": "kubellm", "user": {"token": TOKEN}}],
-        "contexts": [{"name": "ml", "context": {"cluster": "ml", "user": "kubellm"}}]}))
-    return path
-
-
-@pytest.fixture(autouse=True)
-def no_proxy(monkeypatch):
-    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(var, raising=False)
+def node_server(**kw) -> ApiServer:
+    """The loopback API server with NODES at /api/v1/nodes (continue tokens "page-at-N")."""
+    return ApiServer({"/api/v1/nodes": NODES}, continue_prefix="page-at-", **kw)
 
 
 def test_detect_cluster_pages_through_nodes_with_the_bearer_token(tmp_path):
-    with FakeApiServer(NODES) as api:
+    with node_server() as api:
         kubeconfig = write_kubeconfig(tmp_path / "config", api.url)
         found = detect.read_cluster(str(kubeconfig), chunk_size=1)
     nodes = found["nodes"]
@@ -346,7 +278,7 @@ def test_detect_cluster_pages_through_nodes_with_the_bearer_token(tmp_path):
 
 
 def test_detect_cluster_in_one_page_and_from_kubeconfig_env(tmp_path, monkeypatch):
-    with FakeApiServer(NODES) as api:
+    with node_server() as api:
         monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "config", api.url)))
         nodes = detect.detect_cluster()
     assert len(nodes) == 2 and nodes[0]["gpu"]["count"] == 4
@@ -357,7 +289,7 @@ def test_detect_cluster_in_one_page_and_from_kubeconfig_env(tmp_path, monkeypatc
     (FORBIDDEN, ["403 Forbidden", "cannot list resource", "ClusterRole", "kubectl create clusterrolebinding"]),
     (UNAUTHORIZED, ["401 Unauthorized", "missing, wrong or expired"])])
 def test_detect_cluster_refused_is_one_clear_message(tmp_path, status, expected):
-    with FakeApiServer(NODES, error=status) as api:
+    with node_server(error=status) as api:
         kubeconfig = write_kubeconfig(tmp_path / "config", api.url)
         with pytest.raises(ValueError) as err:
             detect.detect_cluster(str(kubeconfig))
@@ -374,7 +306,7 @@ def test_an_error_answer_without_content_type_is_still_one_message(tmp_path):
     """A proxy in front of the API server may answer without a Content-Type, which lightkube's own
     error decoding trips over."""
     gateway = {"code": 502, "message": "upstream connect error"}
-    with FakeApiServer(NODES, error=gateway, content_type=None) as api:
+    with node_server(error=gateway, send_content_type=False) as api:
         kubeconfig = write_kubeconfig(tmp_path / "config", api.url)
         with pytest.raises(ValueError, match=rf"{api.url} .* answered 502 to GET /api/v1/nodes: Bad Gateway"):
             detect.detect_cluster(str(kubeconfig))
@@ -396,13 +328,13 @@ def test_detect_cluster_connection_refused_and_missing_config(tmp_path):
 def test_kubellm_detect_cli_shows_the_refusal_without_traceback(tmp_path, capsys):
     from workflows.cli import main
 
-    with FakeApiServer(NODES, error=FORBIDDEN) as api:
+    with node_server(error=FORBIDDEN) as api:
         kubeconfig = write_kubeconfig(tmp_path / "config", api.url)
         with pytest.raises(SystemExit) as err:
             main(["detect", "--cluster", "--kubeconfig", str(kubeconfig)])
     assert str(err.value).startswith("kubellm detect: the Kubernetes API server") and "ClusterRole" in str(err.value)
     assert TOKEN not in str(err.value) + capsys.readouterr().out
-    with FakeApiServer(NODES) as api:
+    with node_server() as api:
         kubeconfig = write_kubeconfig(tmp_path / "config", api.url)
         out = tmp_path / "hw.json"
         assert main(["detect", "--cluster", "--kubeconfig", str(kubeconfig), "--json", "--out", str(out)]) == 0
@@ -414,7 +346,7 @@ def test_kubellm_detect_cli_shows_the_refusal_without_traceback(tmp_path, capsys
 def test_step_cli_and_light_imports(tmp_path):
     """`python -m steps.detect --cluster` (a bare flag) against the loopback server; importing the
     detect and choose steps loads neither lightkube nor torch."""
-    with FakeApiServer(NODES) as api:
+    with node_server() as api:
         kubeconfig = write_kubeconfig(tmp_path / "config", api.url)
         done = subprocess.run([sys.executable, "-m", "steps.detect", "--cluster", "--kubeconfig", str(kubeconfig),
                                "--torch", "false", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=120)

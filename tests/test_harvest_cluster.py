@@ -7,17 +7,13 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
 
 import pytest
 
 from steps.harvest import HarvestConfig, run
 from steps.harvest_cluster import parse_log_name, redact, sensitive_name
-from tests.conftest import free_port
-from tests.test_detect import TOKEN, write_kubeconfig
+from tests.apiserver import TOKEN, ApiServer, no_proxy, status, write_kubeconfig  # noqa: F401 (no_proxy: autouse)
 
 # AWS's documented example key id, assembled here so that no credential-shaped string is tracked;
 # the fixtures hold a placeholder for it, filled in a copy the tests read
@@ -41,7 +37,6 @@ LISTS = {"/api/v1/nodes": "nodes.json", "/api/v1/events": "events.json", "/api/v
          "/api/v1/configmaps": "configmaps.json", "/apis/apps/v1/deployments": "deployments.json",
          "/apis/batch/v1/jobs": "jobs.json", "/apis/argoproj.io/v1alpha1/workflows": "workflow-distill.json",
          "/api/v1/secrets": "secrets.json"}
-NAMESPACED = re.compile(r"^(/api/v1|/apis/[^/]+/[^/]+)/namespaces/([^/]+)/([^/]+)$")
 LOG = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/log$")
 SECRETS_IN_FIXTURES = ("ZmFrZS1oZi10b2tlbi1zaG91bGQtbmV2ZXItYXBwZWFy", "fake-S3cr3t-pw-91c", FAKE_AWS_KEY,
                        "hunter2-fake", "fake-db-pass-4f9a2")
@@ -55,90 +50,33 @@ def items(name: str) -> list[dict]:
     return data["items"] if "items" in data else [data]
 
 
-class FakeCluster:
-    """GET on the list paths of LISTS (cluster-wide or /namespaces/{ns}/...), paged by limit/continue;
-    GET .../pods/{pod}/log with container and tailLines; /api/v1/query for Prometheus. Paths in
-    `forbidden` answer 403 like an RBAC refusal."""
-
-    def __init__(self, forbidden: tuple[str, ...] = ()):
-        self.requests: list[dict] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                url = urlparse(self.path)
-                query = {k: v[0] for k, v in parse_qs(url.query).items()}
-                outer.requests.append({"path": url.path, "query": query,
-                                       "authorization": self.headers.get("Authorization")})
-                path, ns = url.path, None
-                m = NAMESPACED.match(path)
-                if m:
-                    path, ns = f"{m.group(1)}/{m.group(3)}", m.group(2)
-                if any(url.path.startswith(f) for f in forbidden):
-                    return self._json(403, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403,
-                                            "reason": "Forbidden",
-                                            "message": f'{path.rsplit("/", 1)[1]} is forbidden: User "system:'
-                                                       'serviceaccount:ml:kubellm" cannot list resource'})
-                if url.path == "/api/v1/query":
-                    return self._json(200, PROM.get(query.get("query", ""), {
-                        "status": "error", "errorType": "bad_data", "error": "parse error"}))
-                log = LOG.match(url.path)
-                if log:
-                    file = FIXTURES / f"{log.group(1)}_{log.group(2)}_{query.get('container')}.log"
-                    if not file.is_file():
-                        return self._json(400, {"kind": "Status", "code": 400, "status": "Failure",
-                                                "message": "container is waiting to start"})
-                    lines = file.read_text().splitlines(keepends=True)[-int(query.get("tailLines", 10**9)):]
-                    return self._send(200, "".join(lines).encode(), "text/plain")
-                if path not in LISTS:
-                    return self._json(404, {"kind": "Status", "status": "Failure", "code": 404, "reason": "NotFound"})
-                found = [i for i in items(LISTS[path]) if ns is None or i["metadata"].get("namespace") == ns]
-                start = int(query["continue"].removeprefix("at-")) if "continue" in query else 0
-                limit = int(query.get("limit", len(found) or 1))
-                meta = {"resourceVersion": "48212000"}
-                if start + limit < len(found):
-                    meta["continue"] = f"at-{start + limit}"
-                self._json(200, {"kind": "List", "apiVersion": "v1", "metadata": meta,
-                                 "items": found[start:start + limit]})
-
-            def _json(self, code: int, body: dict):
-                self._send(code, json.dumps(body).encode(), "application/json")
-
-            def _send(self, code: int, data: bytes, ctype: str):
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=10)
+def pod_log(request: dict, m) -> tuple:
+    """GET .../pods/{pod}/log?container=C&tailLines=N from the fixture NS_POD_C.log; a container
+    without one has not started."""
+    query = request["query"]
+    file = FIXTURES / f"{m.group(1)}_{m.group(2)}_{query.get('container')}.log"
+    if not file.is_file():
+        return 400, status(400, "BadRequest", "container is waiting to start")
+    return 200, "".join(file.read_text().splitlines(keepends=True)[-int(query.get("tailLines", 10**9)):])
 
 
-@pytest.fixture(autouse=True)
-def no_proxy(monkeypatch):
-    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(var, raising=False)
+def prometheus(request: dict, _) -> tuple:
+    return 200, PROM.get(request["query"].get("query", ""), {
+        "status": "error", "errorType": "bad_data", "error": "parse error"})
+
+
+def fake_cluster(forbidden: tuple[str, ...] = ()) -> ApiServer:
+    """The lists of LISTS (cluster-wide or /namespaces/{ns}/...), paged by limit/continue; pod logs;
+    /api/v1/query for Prometheus. Paths in `forbidden` answer 403 like an RBAC refusal."""
+    routes = {path: items(file) for path, file in LISTS.items()}
+    return ApiServer({**routes, LOG: pod_log, "/api/v1/query": prometheus}, forbidden=forbidden)
 
 
 def docs_of(out: Path) -> dict[str, dict]:
     return {d["id"]: d for d in map(json.loads, (out / "docs.jsonl").read_text().splitlines())}
 
 
-def harvest(tmp_path: Path, api: FakeCluster, name: str = "kb", **kw) -> tuple[dict, dict]:
+def harvest(tmp_path: Path, api: ApiServer, name: str = "kb", **kw) -> tuple[dict, dict]:
     kubeconfig = write_kubeconfig(tmp_path / "config", api.url)
     out = tmp_path / name
     run(HarvestConfig(out=out, sources=["cluster"], kubeconfig=str(kubeconfig), **kw))
@@ -184,7 +122,7 @@ def test_log_file_names():
 
 
 def test_cluster_harvest_reads_every_kind_pages_and_never_asks_for_secrets(tmp_path):
-    with FakeCluster() as api:
+    with fake_cluster() as api:
         docs, manifest = harvest(tmp_path, api, chunk_size=1, log_lines=5)
     paths = [r["path"] for r in api.requests]
     assert not any("secret" in p for p in paths)
@@ -235,7 +173,7 @@ def test_cluster_harvest_reads_every_kind_pages_and_never_asks_for_secrets(tmp_p
 
 
 def test_namespaces_are_listed_one_by_one(tmp_path):
-    with FakeCluster() as api:
+    with fake_cluster() as api:
         docs, _ = harvest(tmp_path, api, namespaces=["ml", "argo"], log_lines=0)
     paths = {r["path"] for r in api.requests}
     assert {"/api/v1/namespaces/ml/events", "/api/v1/namespaces/argo/events",
@@ -246,7 +184,7 @@ def test_namespaces_are_listed_one_by_one(tmp_path):
 
 def test_a_refused_kind_is_skipped_with_a_warning(tmp_path):
     """A namespaced ServiceAccount is commonly refused Nodes: the rest of the harvest still counts."""
-    with FakeCluster(forbidden=("/api/v1/nodes",)) as api:
+    with fake_cluster(forbidden=("/api/v1/nodes",)) as api:
         docs, manifest = harvest(tmp_path, api)
     assert not any(d.startswith("cluster/Node/") for d in docs) and "cluster/Pod/ml/" + POD in docs
     [warning] = manifest["sources"]["cluster"]["warnings"]
@@ -255,7 +193,7 @@ def test_a_refused_kind_is_skipped_with_a_warning(tmp_path):
 
 
 def test_everything_refused_or_unreachable_is_one_message(tmp_path):
-    with FakeCluster(forbidden=("/api", "/apis")) as api:
+    with fake_cluster(forbidden=("/api", "/apis")) as api:
         with pytest.raises(ValueError, match=rf"{api.url} .*refused every kind: list nodes .*403 Forbidden") as err:
             harvest(tmp_path, api)
     assert err.value.__cause__ is None and err.value.__context__ is None and TOKEN not in str(err.value)
@@ -272,7 +210,7 @@ def test_everything_refused_or_unreachable_is_one_message(tmp_path):
 
 
 def test_dump_gives_the_documents_of_the_live_cluster(tmp_path):
-    with FakeCluster() as api:
+    with fake_cluster() as api:
         live, _ = harvest(tmp_path, api)
     out = tmp_path / "dump-kb"
     run(HarvestConfig(out=out, sources=["dump"], dump_dir=FIXTURES))
@@ -293,7 +231,7 @@ def test_dump_gives_the_documents_of_the_live_cluster(tmp_path):
 
 
 def test_prometheus_queries_become_documents(tmp_path):
-    with FakeCluster() as api:
+    with fake_cluster() as api:
         out = tmp_path / "kb"
         run(HarvestConfig(out=out, sources=["dump"], dump_dir=FIXTURES, prometheus_url=api.url,
                           prometheus_queries={"gpu_util": "gpu_util"}))

@@ -6,6 +6,8 @@
   workflow names exists in each overlay, or is a Secret listed in k8s/required-secrets.yaml;
 - the serve pods carry what the NetworkPolicies and the PodMonitor select; one run fits the quota;
 - monitoring objects are well formed and name metrics that vLLM and the workflow emit;
+- k8s/rag's ClusterRole is read-only, never names Secrets or '*', and grants exactly what the cluster
+  harvest and `detect --cluster` ask a (loopback) API server for;
 - Dockerfiles: bases pinned by tag (no latest), a non-root USER, no secrets in ENV/ARG.
 
     pytest tests/test_k8s.py     # first run creates .venv-k8s from PyPI (~2 min), then ~30 s
@@ -24,6 +26,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from steps.detect import read_cluster
+from steps.harvest_cluster import KIND_API, cluster_documents
+from tests.apiserver import ApiServer, api_request, clear_proxies, write_kubeconfig
 from workflows.lint import lint_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,6 +68,12 @@ def monitoring(k8s_venv) -> list[dict]:
     return kustomize(k8s_venv, ROOT / "k8s" / "monitoring")
 
 
+@pytest.fixture(scope="session")
+def rag(k8s_venv) -> list[dict]:
+    """k8s/rag: the harvest's identity, applied after an overlay."""
+    return kustomize(k8s_venv, ROOT / "k8s" / "rag")
+
+
 def run_check(*targets: str) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", str(SCRIPT), *targets], cwd=ROOT, capture_output=True, text=True,
                           timeout=900)
@@ -74,6 +85,16 @@ def fail_lines(out: str) -> list[str]:
 
 def load(path: Path) -> dict:
     return yaml.safe_load(path.read_text())
+
+
+def load_workflow(path: Path) -> dict:
+    """A rendered file as the Workflow it runs: a CronWorkflow's workflowSpec is the spec of each
+    Workflow it starts."""
+    doc = load(path)
+    if doc.get("kind") == "CronWorkflow":
+        return {"apiVersion": doc["apiVersion"], "kind": "Workflow", "metadata": doc["metadata"],
+                "spec": doc["spec"]["workflowSpec"]}
+    return doc
 
 
 def find(objects: list[dict], kind: str, name: str) -> dict:
@@ -147,10 +168,12 @@ def xref(path: str, doc: dict, objects: list[dict], built_from: str) -> list[str
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_rendered_workflows_name_only_what_k8s_defines(built, overlay):
+def test_rendered_workflows_name_only_what_k8s_defines(built, rag, overlay):
+    """Against what a cluster holds once an overlay and k8s/rag (the harvest's identity) are applied."""
     problems = []
     for wf in RENDERED:
-        problems += xref(str(wf.relative_to(ROOT)), load(wf), built[overlay], f"k8s/overlays/{overlay}")
+        problems += xref(str(wf.relative_to(ROOT)), load(wf), built[overlay] + rag,
+                         f"k8s/overlays/{overlay} + k8s/rag")
     assert problems == []
 
 
@@ -206,10 +229,15 @@ def _serve_templates(doc: dict) -> list[dict]:
     return [t for t in _templates(doc) if t.get("daemon")]
 
 
-# nli starts no model server: its service is k8s/nli's Deployment (tests/test_nli_workflow.py)
-@pytest.mark.parametrize("wf", [p for p in RENDERED if not p.name.startswith("nli")], ids=lambda p: p.name)
+# Workflows that start no model server: nli's service is k8s/nli's Deployment
+# (tests/test_nli_workflow.py); rag-refresh only harvests and indexes.
+NO_SERVER = ("nli", "rag-refresh")
+
+
+@pytest.mark.parametrize("wf", [p for p in RENDERED if p.stem.removesuffix("-pvc") not in NO_SERVER],
+                         ids=lambda p: p.name)
 def test_serve_pods_carry_what_network_policies_and_podmonitor_select(built, monitoring, wf):
-    doc = load(wf)
+    doc = load_workflow(wf)
     serves = _serve_templates(doc)
     assert serves, f"{wf.name}: no daemon (serve) template"
     policies = [o for o in built["cpu"] if o["kind"] == "NetworkPolicy"]
@@ -257,7 +285,7 @@ def _tolerations(doc: dict, t: dict) -> list[dict]:
 
 @pytest.mark.parametrize("wf", RENDERED, ids=lambda p: p.name)
 def test_gpu_templates_tolerate_the_gpu_taint(wf):
-    doc = load(wf)
+    doc = load_workflow(wf)
     for t in _templates(doc):
         limits = ((t.get("container") or {}).get("resources") or {}).get("limits") or {}
         if "nvidia.com/gpu" in limits:
@@ -286,7 +314,7 @@ def test_one_distill_run_fits_quota_and_limits(built, overlay, gpus):
     cmax = next(x for x in lr if x["type"] == "Container")["max"]
     for wf in RENDERED:
         total = {"requests.cpu": 0.0, "requests.memory": 0.0, "requests.nvidia.com/gpu": 0.0}
-        doc = load(wf)
+        doc = load_workflow(wf)
         for t in _templates(doc):
             res = (t.get("container") or {}).get("resources") or {}
             req = {**(res.get("limits") or {}), **(res.get("requests") or {})}  # requests default to limits
@@ -314,6 +342,92 @@ def test_executor_rbac_is_minimal(built):
                               "verbs": ["create", "patch"]}]
     binding = find(built["cpu"], "RoleBinding", "kubellm-executor")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kubellm-workflow", "namespace": "kubellm"}]
+
+
+# --------------------------------------------------------------------------- the harvest's RBAC
+
+READ_VERBS = ("get", "list", "watch")
+
+
+def role_problems(role: dict) -> list[str]:
+    """Why a Role/ClusterRole is not a read-only one that keeps Secrets out, one line each."""
+    problems = []
+    for i, rule in enumerate(role.get("rules") or []):
+        for key in ("apiGroups", "resources", "verbs", "resourceNames", "nonResourceURLs"):
+            if any("*" in str(v) for v in rule.get(key) or []):
+                problems.append(f"rules[{i}].{key}: a wildcard ({rule[key]}): name what is needed")
+        for r in rule.get("resources") or []:
+            if r.split("/")[0] == "secrets":
+                problems.append(f"rules[{i}].resources: {r}: the harvest never reads Secrets")
+        for v in rule.get("verbs") or []:
+            if v not in READ_VERBS and v != "*":
+                problems.append(f"rules[{i}].verbs: {v} is not a read verb ({', '.join(READ_VERBS)})")
+        if rule.get("nonResourceURLs"):
+            problems.append(f"rules[{i}].nonResourceURLs: the harvest reads API resources only")
+    return problems
+
+
+def granted(role: dict) -> set[tuple[str, str, str]]:
+    """(API group, resource, verb) for every combination a role's rules allow."""
+    return {(g, r, v) for rule in role["rules"] for g in rule.get("apiGroups") or []
+            for r in rule.get("resources") or [] for v in rule.get("verbs") or []}
+
+
+def test_the_harvest_role_is_read_only_and_never_names_secrets(rag):
+    role = find(rag, "ClusterRole", "kubellm-harvest")
+    assert role_problems(role) == []
+    planted = {"rules": [{"apiGroups": [""], "resources": ["pods", "secrets"], "verbs": ["list", "create"]},
+                         {"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]}
+    assert role_problems(planted) == [
+        "rules[0].resources: secrets: the harvest never reads Secrets",
+        "rules[0].verbs: create is not a read verb (get, list, watch)",
+        "rules[1].apiGroups: a wildcard (['*']): name what is needed",
+        "rules[1].resources: a wildcard (['*']): name what is needed",
+        "rules[1].verbs: a wildcard (['*']): name what is needed",
+    ]
+
+
+def test_the_harvest_identity_is_bound_in_the_base_namespace(built, rag):
+    namespace = find(built["cpu"], "Namespace", "kubellm")["metadata"]["name"]
+    sa = find(rag, "ServiceAccount", "kubellm-harvest")
+    assert sa["metadata"]["namespace"] == namespace
+    subject = [{"kind": "ServiceAccount", "name": "kubellm-harvest", "namespace": namespace}]
+    binding = find(rag, "ClusterRoleBinding", "kubellm-harvest")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                  "name": "kubellm-harvest"}
+    assert binding["subjects"] == subject
+    # a workflow node running as kubellm-harvest reports its outputs through Argo's executor: the
+    # base's executor Role, in the same namespace
+    executor = find(rag, "RoleBinding", "kubellm-harvest-executor")
+    assert executor["metadata"]["namespace"] == namespace and executor["subjects"] == subject
+    role = find(built["cpu"], executor["roleRef"]["kind"], executor["roleRef"]["name"])
+    assert role["metadata"]["namespace"] == namespace
+    assert {o["kind"] for o in rag} == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "RoleBinding"}
+    assert all(o["metadata"]["labels"]["app.kubernetes.io/part-of"] == "kubellm" for o in rag)
+
+
+def test_the_harvest_role_grants_exactly_what_the_harvest_asks_for(rag, tmp_path, monkeypatch):
+    """A loopback API server answers every kind the harvest lists (steps.harvest_cluster.KIND_API)
+    and holds one pending pod, so that its log is read; the harvest, cluster-wide and per
+    namespace, and `detect --cluster` run against it. Every request, named as RBAC names it, must be
+    granted, and every grant used: nothing beyond what the code asks for."""
+    clear_proxies(monkeypatch)
+    routes: dict = {f"{prefix}/{plural}": [] for prefix, plural, _ in KIND_API.values()}
+    routes[f"{KIND_API['Pod'][0]}/{KIND_API['Pod'][1]}"] = [{
+        "kind": "Pod", "metadata": {"name": "trainer-0", "namespace": "ml"},
+        "spec": {"containers": [{"name": "main"}]}, "status": {"phase": "Pending"}}]
+    routes[re.compile(r"/api/v1/namespaces/[^/]+/pods/[^/]+/log")] = lambda request, m: (200, "line\n")
+    with ApiServer(routes) as api:
+        kubeconfig = str(write_kubeconfig(tmp_path / "config", api.url))
+        for namespaces in (None, ["ml"]):
+            _, stats = cluster_documents(kubeconfig, namespaces=namespaces, log_lines=5)
+            assert stats["warnings"] == [] and stats["pods_with_logs"] == 1
+        read_cluster(kubeconfig)
+    asked = {(r["group"], r["resource"], r["verb"]) for r in (api_request(q["path"], q["query"]) for q in api.requests)}
+    allowed = granted(find(rag, "ClusterRole", "kubellm-harvest"))
+    assert ("", "pods/log", "get") in asked and ("", "nodes", "list") in asked  # the check saw the harvest work
+    assert asked - allowed == set(), "k8s/rag/rbac.yaml does not grant what the harvest asks for"
+    assert allowed - asked == set(), "k8s/rag/rbac.yaml grants what the harvest never asks for"
 
 
 # --------------------------------------------------------------------------- monitoring
@@ -378,7 +492,7 @@ def test_workflow_metric_on_the_dashboard_is_emitted_by_the_workflows(monitoring
     used = {m[len("argo_workflows_"):] for e in _promql_of(monitoring) for m in re.findall(r"argo_workflows_[a-z_]+", e)}
     builtin = {"total_count", "gauge", "count", "error_count"}  # controller metrics (Argo docs/metrics.md)
     for wf in RENDERED:
-        custom = {m["name"] for m in ((load(wf)["spec"].get("metrics") or {}).get("prometheus") or [])}
+        custom = {m["name"] for m in ((load_workflow(wf)["spec"].get("metrics") or {}).get("prometheus") or [])}
         assert used - builtin <= custom, f"{wf.name}: spec.metrics does not emit {sorted(used - builtin - custom)}"
 
 

@@ -66,15 +66,17 @@ def defined(objects: list[dict], kind: str) -> str:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 @pytest.mark.parametrize("wf", RENDERED, ids=lambda p: p.name)
 def test_committed_workflows_pass_against_every_overlay(wf, overlay):
-    objects = load_k8s_objects("k8s", overlay)
-    assert lint_cluster_file(wf, objects, built_from=f"k8s/{overlay}") == []
+    # with k8s/rag, the cluster harvest's identity (the rag workflows' harvest and choose-model nodes)
+    objects = load_k8s_objects("k8s", overlay) + load_k8s_objects("k8s", "rag")
+    assert lint_cluster_file(wf, objects, built_from=f"k8s/{overlay} + k8s/rag") == []
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_fallback_loader_builds_what_kustomize_builds(overlay):
     direct = load_k8s_objects("k8s", overlay, use_kubectl=False)
+    rag = load_k8s_objects("k8s", "rag", use_kubectl=False)
     for wf in RENDERED:
-        assert lint_cluster_file(wf, direct, built_from=f"k8s/{overlay}") == []
+        assert lint_cluster_file(wf, direct + rag, built_from=f"k8s/{overlay} + k8s/rag") == []
     if not (ROOT / ".venv-k8s" / "bin" / "kubectl").exists():  # at run time: test_k8s.py sets it up
         pytest.skip("no .venv-k8s/bin/kubectl (scripts/check_k8s.sh --setup) to compare with")
     built = load_k8s_objects("k8s", overlay, use_kubectl=True)
@@ -256,7 +258,8 @@ def test_template_without_limits(doc, cpu):
 
 def test_network_heuristic_finds_exactly_the_model_callers(doc):
     reasons = network_reasons(doc["spec"])
-    assert set(reasons) == {"generate", "answer-baseline", "answer-finetuned"}
+    assert set(reasons) == {"generate", "answer-baseline", "answer-finetuned", "answer-baseline-rag",
+                            "answer-finetuned-rag"}
     assert "argument --url" in reasons["generate"] and "argument --served-url" in reasons["generate"]
     assert any("passes it the address {{tasks.serve.ip}} of 'serve'" in r for r in reasons["answer-baseline"])
 
@@ -338,7 +341,7 @@ def test_cli_passes_the_committed_workflow():
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout == ""
-    assert "1 file(s) ok (workflow and cluster checks against k8s/overlays/cpu)" in r.stderr
+    assert "1 file(s) ok (workflow and cluster checks against k8s/overlays/cpu + k8s/rag)" in r.stderr
 
 
 def test_cli_names_file_and_field_of_planted_mistakes(tmp_path, doc):
@@ -354,7 +357,7 @@ def test_cli_names_file_and_field_of_planted_mistakes(tmp_path, doc):
     lines = r.stdout.splitlines()
     assert [line.split(": ", 2)[:2] for line in lines] == [
         ["bad.yaml", "spec.volumes[0].persistentVolumeClaim.claimName"], ["bad.yaml", f"{ppath}.value"]]
-    assert "PersistentVolumeClaim 'kubellm-model' is not defined by k8s/overlays/cpu" in lines[0]
+    assert "PersistentVolumeClaim 'kubellm-model' is not defined by k8s/overlays/cpu + k8s/rag" in lines[0]
     assert "2 problem(s)" in r.stderr
 
 

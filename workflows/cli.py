@@ -224,10 +224,22 @@ def cmd_lint(a: argparse.Namespace) -> int:
     from workflows.lint import lint_cluster_file, lint_file, load_k8s_objects, load_required_secrets
 
     objects = secrets = None
-    built_from = f"{a.k8s.rstrip('/')}/{a.overlay.strip('/')}"
+    # by default what `kubectl apply -k k8s/overlays/cpu` and `kubectl apply -k k8s/rag` (the cluster
+    # harvest's identity) hold together
+    if a.overlay:
+        overlays = a.overlay
+    else:
+        from workflows.k8s_objects import k8s_root
+
+        try:
+            has_rag = (k8s_root(a.k8s) / "rag" / "kustomization.yaml").is_file()
+        except FileNotFoundError:
+            has_rag = False
+        overlays = ["overlays/cpu"] + (["rag"] if has_rag else [])
+    built_from = " + ".join(f"{a.k8s.rstrip('/')}/{o.strip('/')}" for o in overlays)
     if not a.no_cluster:
         try:
-            objects = load_k8s_objects(a.k8s, a.overlay)
+            objects = [o for ov in overlays for o in load_k8s_objects(a.k8s, ov)]
             secrets = load_required_secrets(a.k8s)
         except (OSError, ValueError) as e:
             raise SystemExit(f"kubellm lint: cannot build the cluster objects of {built_from}: {e}\n"
@@ -426,8 +438,9 @@ def main(argv: list[str] | None = None) -> int:
     li.add_argument("files", nargs="+")
     li.add_argument("--k8s", default="k8s", metavar="DIR",
                     help="kustomize folder of the cluster objects (default: k8s, else the kubellm checkout's)")
-    li.add_argument("--overlay", default="overlays/cpu", metavar="PATH",
-                    help="overlay under --k8s the workflows run against (default: overlays/cpu)")
+    li.add_argument("--overlay", action="append", metavar="PATH",
+                    help="kustomize folder under --k8s the workflows run against; repeat for several applied "
+                         "together (default: overlays/cpu and rag, the cluster harvest's identity)")
     li.add_argument("--no-cluster", action="store_true", help="only the strict workflow checks")
     li.set_defaults(fn=cmd_lint)
     sv = sub.add_parser("serve", help="start a pipeline's service by hand (nli: the NLI HTTP service)",

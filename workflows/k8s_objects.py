@@ -25,7 +25,7 @@ CLUSTER_SCOPED = frozenset({
     "ClusterWorkflowTemplate"})
 
 
-def _k8s_root(k8s_dir: str | Path) -> Path:
+def k8s_root(k8s_dir: str | Path) -> Path:
     """k8s_dir as given (relative to the working folder), else the one of the kubellm checkout."""
     p = Path(k8s_dir)
     if not p.is_absolute() and not p.exists() and (ROOT / p).is_dir():
@@ -49,9 +49,9 @@ def load_k8s_objects(k8s_dir: str | Path = "k8s", overlay: str = "overlays/cpu",
     strategic-merge patches, namespace, namePrefix/nameSuffix. JSON 6902 patches and remote
     resources need kubectl. Raises FileNotFoundError or ValueError, naming the file.
     """
-    target = _k8s_root(k8s_dir) / overlay
+    target = k8s_root(k8s_dir) / overlay
     if _kustomization_file(target) is None:
-        raise FileNotFoundError(f"{target}: no kustomization.yaml (overlays are {_overlays(_k8s_root(k8s_dir))})")
+        raise FileNotFoundError(f"{target}: no kustomization.yaml (overlays are {_overlays(k8s_root(k8s_dir))})")
     kubectl = kubectl_path()
     if use_kubectl is None:
         use_kubectl = kubectl.exists()
@@ -69,7 +69,7 @@ def load_k8s_objects(k8s_dir: str | Path = "k8s", overlay: str = "overlays/cpu",
 def load_required_secrets(k8s_dir: str | Path = "k8s") -> dict[str, list[str]]:
     """Secrets created by hand (k8s/required-secrets.yaml): name -> keys. {} if there is no such file."""
     try:
-        f = _k8s_root(k8s_dir) / "required-secrets.yaml"
+        f = k8s_root(k8s_dir) / "required-secrets.yaml"
     except FileNotFoundError:
         return {}
     if not f.is_file():

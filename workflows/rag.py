@@ -32,7 +32,7 @@ from workflows.common import (API_KEY, URL_EXAMPLE, OptionalUrl, Param, Store, a
 
 Q, F, J = "steps.query:QueryConfig", "steps.facts:FactsConfig", "steps.judge:JudgeConfig"
 SOURCES = ("k8s-api", "cluster", "dump")
-HARVEST_SA = "kubellm-harvest"  # k8s/base/harvest-rbac.yaml: read-only ClusterRole, never Secrets
+HARVEST_SA = "kubellm-harvest"  # k8s/rag/rbac.yaml: read-only ClusterRole, never Secrets
 
 PARAMS: dict[str, Param] = {
     "sources": Param("k8s-api", "comma-separated harvest sources: k8s-api (the v1.28 reference, needed for the "
