@@ -77,3 +77,16 @@ def test_cron_refreshes_the_index_incrementally_at_a_fixed_key():
 def test_bad_parameters_are_refused_before_anything_starts(params, match):
     with pytest.raises(ValueError, match=match):
         rag.validate_params(params)
+
+
+def test_local_runs_refuse_a_cluster_source_without_a_kubeconfig_and_a_missing_dump(tmp_path, monkeypatch):
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "none"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with pytest.raises(ValueError, match="sources includes cluster, but no usable Kubernetes configuration"):
+        rag.validate_params({"sources": "k8s-api,cluster"})
+    rag.validate_params({"sources": "k8s-api,cluster"}, files=False)  # the cluster's check node: its pod's account
+    with pytest.raises(ValueError, match="dump-dir '/no/dump' is not a folder on this machine"):
+        rag.validate_params({"sources": "k8s-api,dump", "dump-dir": "/no/dump"})
+    (tmp_path / "dump").mkdir()
+    rag.validate_params({"sources": "k8s-api,dump", "dump-dir": str(tmp_path / "dump")})
