@@ -83,10 +83,12 @@ def test_local_runs_refuse_a_cluster_source_without_a_kubeconfig_and_a_missing_d
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "none"))
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    with pytest.raises(ValueError, match="sources includes cluster, but no usable Kubernetes configuration"):
-        rag.validate_params({"sources": "k8s-api,cluster"})
-    rag.validate_params({"sources": "k8s-api,cluster"}, files=False)  # the cluster's check node: its pod's account
+    with pytest.raises(SystemExit, match="rag: sources includes cluster, but no usable Kubernetes configuration"):
+        cli.main(["run", "rag", "-p", "sources=k8s-api,cluster", "--out", str(tmp_path / "run")])
+    assert not (tmp_path / "run").exists()  # refused before anything starts
+    # compiling for a cluster needs no kubeconfig here: the harvest pod uses its ServiceAccount
+    cli.compile_doc("rag", "s3", {"sources": "k8s-api,cluster"})
     with pytest.raises(ValueError, match="dump-dir '/no/dump' is not a folder on this machine"):
-        rag.validate_params({"sources": "k8s-api,dump", "dump-dir": "/no/dump"})
+        rag.check_local_run({"sources": "k8s-api,dump", "dump-dir": "/no/dump"})
     (tmp_path / "dump").mkdir()
-    rag.validate_params({"sources": "k8s-api,dump", "dump-dir": str(tmp_path / "dump")})
+    rag.check_local_run({"sources": "k8s-api,dump", "dump-dir": str(tmp_path / "dump")})

@@ -129,6 +129,12 @@ def cmd_run(a: argparse.Namespace) -> int:
     params = _params(a.param)
     _refuse_gpus_here(a.pipeline, params)
     doc = compile_doc(a.pipeline, a.store, params, a.serve_port)
+    local_check = getattr(_pipeline(a.pipeline), "check_local_run", None)
+    if local_check:  # what only a run on this machine needs (a kubeconfig, local folders)
+        try:
+            local_check(params)
+        except ValueError as e:
+            raise SystemExit(f"{a.pipeline}: {e}") from None
     out = Path(a.out or f"runs/{a.pipeline}")
     out.mkdir(parents=True, exist_ok=True)
     from steps._io import write_text

@@ -242,19 +242,6 @@ def validate_params(params: dict[str, str], files: bool = True) -> dict[str, str
                          "answers come from the v1.28 reference; e.g. -p sources=k8s-api,cluster")
     if "dump" in sources and not values["dump-dir"]:
         raise ValueError("sources includes dump but dump-dir is empty; set -p dump-dir=/data/cluster-dump")
-    if files and "cluster" in sources:
-        # `kubellm run` on this machine: the harvest node reads the cluster through this kubeconfig
-        try:
-            from steps.detect import kube_config
-
-            kube_config(None, None)
-        except ImportError:
-            raise ValueError("sources includes cluster, which needs lightkube: pip install 'kubellm[cluster]'") from None
-        except ValueError as e:
-            raise ValueError(f"sources includes cluster, but {e}") from None
-    if files and "dump" in sources and values["dump-dir"] and not Path(values["dump-dir"]).is_dir():
-        raise ValueError(f"dump-dir {values['dump-dir']!r} is not a folder on this machine; give the folder of "
-                         "`kubectl get -o json` files and logs")
     if values["judge"] and not values["judge"].startswith("openai:") and not values["judge-url"]:
         raise ValueError(f"judge {values['judge']!r} needs -p judge-url=URL (the server that serves it), or use "
                          "openai:MODEL, or leave judge empty to let the served model judge")
@@ -268,3 +255,22 @@ def validate_params(params: dict[str, str], files: bool = True) -> dict[str, str
             raise ValueError(f"parameter model: {e}") from None
     validate_topics([x.strip() for x in values["topics"].split(",") if x.strip()])
     return values
+
+
+def check_local_run(params: dict[str, str]) -> None:
+    """What `kubellm run rag` (this machine, not a cluster) needs besides valid parameters: the
+    harvest node reads the cluster through this machine's kubeconfig, and a dump from a local folder."""
+    values = merge_params("rag", PARAMS, params)
+    sources = [x.strip() for x in values["sources"].split(",")]
+    if "cluster" in sources:
+        try:
+            from steps.detect import kube_config
+
+            kube_config(None, None)
+        except ImportError:
+            raise ValueError("sources includes cluster, which needs lightkube: pip install 'kubellm[cluster]'") from None
+        except ValueError as e:
+            raise ValueError(f"sources includes cluster, but {e}") from None
+    if "dump" in sources and values["dump-dir"] and not Path(values["dump-dir"]).is_dir():
+        raise ValueError(f"dump-dir {values['dump-dir']!r} is not a folder on this machine; give the folder of "
+                         "`kubectl get -o json` files and logs")
