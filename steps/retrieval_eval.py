@@ -25,7 +25,6 @@ Examples:
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 
