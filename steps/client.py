@@ -36,7 +36,7 @@ def _header_value(m: re.Match) -> str:
 _CREDENTIALS: list[tuple[re.Pattern, Any]] = [
     (re.compile(r"(?i)\b((?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?)([^\r\n\"',;}]+)"), _header_value),
     (re.compile(r"(?i)\b(bearer\s+)[a-z0-9._~+/=-]{8,}"), r"\1" + REDACTED),
-    (re.compile(r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_-]{8,}"), REDACTED),  # OpenAI style: sk-..., sk-proj-...
+    (re.compile(r"(?<![A-Za-z0-9])s[k]-[A-Za-z0-9_-]{8,}"), REDACTED),  # OpenAI style: sk-..., sk-proj-...
     (re.compile(r"(?i)\b((?:x-)?api[_-]?key[\"']?\s*[:=]\s*[\"']?)[^\s\"',;}\[\]]{8,}"), r"\1" + REDACTED),
 ]
 _KEYS_IN_USE: set[str] = set()  # API key values read by Endpoint.headers(), whatever they look like

