@@ -29,7 +29,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from steps._cli import main
-from steps._io import atomic_path, read_jsonl, write_jsonl, write_manifest
+from steps._io import atomic_path, write_jsonl, write_manifest
 
 FACTS = ("type", "required", "default", "minimum", "maximum")
 
@@ -150,10 +150,9 @@ def run(cfg: FactsConfig) -> dict:
     t0 = time.monotonic()
     docs = reference_docs(load_k8s_files(cfg.k8s_source))
     if cfg.kb is not None:
-        path = Path(cfg.kb) / "docs.jsonl"
-        if not path.is_file():
-            raise ValueError(f"{path} does not exist: kb must be a steps.harvest output folder holding docs.jsonl")
-        keep = {d["id"] for d in read_jsonl(path)}
+        from steps.harvest import read_kb
+
+        keep = {d["id"] for d in read_kb(cfg.kb, ("id",))}
         docs = [d for d in docs if d["id"] in keep]
     rows = fact_rows(docs, cfg)
     if not rows:

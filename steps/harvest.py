@@ -152,6 +152,24 @@ class HarvestConfig(BaseModel):
 # --------------------------------------------------------------------------- a folder of documents
 
 
+def read_kb(kb: str | Path, fields: tuple[str, ...] = ("id", "text")) -> list[dict]:
+    """The documents of a harvest output folder, each checked for the string `fields` a reader needs;
+    errors name the folder, or the line and field, and the fix."""
+    from steps._io import read_jsonl
+
+    path = Path(kb) / "docs.jsonl"
+    if not path.is_file():
+        raise ValueError(f"{kb} holds no docs.jsonl ({path} does not exist): kb must be a harvest output folder "
+                         "(python -m steps.harvest --out FOLDER)")
+    docs = read_jsonl(path)
+    for i, d in enumerate(docs, 1):
+        missing = [f for f in fields if not isinstance(d.get(f), str)]
+        if missing:
+            raise ValueError(f"{path}: line {i} has no string field(s) {', '.join(missing)}; every line needs "
+                             f"{', '.join(fields)}, as steps.harvest writes them")
+    return docs
+
+
 def slugify(title: str) -> str:
     """GitHub-style anchor: lower case, punctuation dropped, spaces to hyphens."""
     slug = re.sub(r"[^\w\- ]", "", title.lower()).strip().replace(" ", "-")

@@ -125,17 +125,9 @@ def chunk_text(text: str, chunk_words: int, overlap_words: int) -> list[str]:
 
 
 def read_docs(kb: Path) -> list[dict]:
-    path = Path(kb) / "docs.jsonl"
-    if not path.is_file():
-        raise ValueError(f"{path} does not exist: kb must be a harvest output folder (python -m steps.harvest "
-                         "--out FOLDER) holding docs.jsonl")
-    docs = read_jsonl(path)
-    for i, d in enumerate(docs, 1):
-        missing = [f for f in ("id", "text") if not isinstance(d.get(f), str)]
-        if missing:
-            raise ValueError(f"{path}: document {i} has no string field {missing[0]!r}; every line needs id, "
-                             "title and text (as steps.harvest writes them)")
-    return docs
+    from steps.harvest import read_kb
+
+    return read_kb(kb, ("id", "text"))
 
 
 TYPE_WORDS = {"str": "string", "int": "integer", "bool": "boolean", "float": "number", "datetime": "date-time",

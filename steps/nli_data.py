@@ -73,7 +73,7 @@ from typing import Any, Iterable, Literal, Sequence
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from steps._cli import main
-from steps._io import atomic_path, read_jsonl, write_jsonl, write_manifest
+from steps._io import atomic_path, write_jsonl, write_manifest
 from steps.nli_external import GENERATED, SPLITS, cap_splits, dataset_source, premise_id, read_hub, read_local
 from steps.nli_model import sft_example
 from steps.k8s_reference import K8sFiles, k8s_documents, load_k8s_files, parse_model_file
@@ -182,16 +182,9 @@ def reference_docs(src: K8sFiles | None = None) -> list[dict]:
 
 def kb_docs(kb: Path) -> list[dict]:
     """Field documents from a harvest output folder."""
-    path = Path(kb) / "docs.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"kb {kb} holds no docs.jsonl; point kb at a steps.harvest output folder "
-                                "(python -m steps.harvest --out runs/kb) or leave kb unset to read the reference")
-    docs = read_jsonl(path)
-    for i, d in enumerate(docs, 1):
-        missing = [k for k in ("id", "title", "text", "topic") if not isinstance(d.get(k), str)]
-        if missing:
-            raise ValueError(f"{path}: line {i} has no {', '.join(missing)}; is it a steps.harvest docs.jsonl?")
-    return docs
+    from steps.harvest import read_kb
+
+    return read_kb(kb, ("id", "title", "text", "topic"))
 
 
 def premise_text(doc: dict, metadata: bool = True) -> str:
