@@ -31,6 +31,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from steps import models
+from steps.facts import distinct_n, fact_correct, token_f1
 from steps._io import Progress, atomic_path, package_versions, read_jsonl, write_json, write_metrics, write_text
 
 
@@ -48,6 +49,12 @@ class EvaluateConfig(BaseModel):
     seed: int = Field(0, description="bootstrap seed")
     teacher: str | None = Field(None, description="teacher description for the report")
     student: str | None = Field(None, description="student description for the report")
+    cycle_data: list[str] = Field(default_factory=list, description="generate folders of cycles 2..N (cycle mode), "
+                                  "in order")
+    cycle_answers: list[str] = Field(default_factory=list, description="query folders: the fine-tuned student of "
+                                     "cycles 2..N on the held-out questions, in order")
+    cycle_finetunes: list[str] = Field(default_factory=list, description="finetune folders of cycles 2..N, in order")
+    judge: str | None = Field(None, description="steps.judge folder that scored the fine-tuned answers (optional)")
     metrics_dir: str | None = Field(None, description="write summary numbers here, one file each (Argo output parameters)")
 
 
@@ -121,6 +128,10 @@ def run(cfg: EvaluateConfig) -> dict:
     if cfg.baseline_rag:
         systems["baseline_rag"] = _answers(cfg.baseline_rag, "baseline + RAG")
         systems["finetuned_rag"] = _answers(cfg.finetuned_rag, "fine-tuned + RAG")
+    if not len(cfg.cycle_data) == len(cfg.cycle_answers) == len(cfg.cycle_finetunes):
+        raise ValueError("cycle_data, cycle_answers and cycle_finetunes go together: one of each per cycle after the first")
+    for i, folder in enumerate(cfg.cycle_answers, 2):
+        systems[f"cycle{i}"] = _answers(folder, f"cycle {i}")
     missing = [h["id"] for h in held if any(h["id"] not in a for a in systems.values())]
     if missing:
         raise ValueError(f"{len(missing)} held-out questions have no answer (e.g. {missing[:3]}); "
@@ -141,6 +152,17 @@ def run(cfg: EvaluateConfig) -> dict:
                "reference": h["reference"], "teacher_answer": h.get("teacher_answer"),
                **{f"{k}_answer": a[h["id"]]["answer"] for k, a in systems.items()},
                **sc, "diff": sc["finetuned"] - sc["baseline"]}
+        for k, a in systems.items():
+            text = a[h["id"]].get("answer") or ""
+            row[f"{k}_by_limit"] = a[h["id"]].get("finish_reason") == "length"
+            row[f"{k}_distinct2"] = distinct_n(text, 2)
+            if h.get("fact"):
+                row[f"{k}_correct"] = fact_correct(h["fact"], h["fact_answer"], text)
+                row[f"{k}_f1"] = token_f1(text, h["fact_answer"])
+        if h.get("fact"):
+            row.update(fact=h["fact"], fact_answer=h["fact_answer"],
+                       teacher_correct=fact_correct(h["fact"], h["fact_answer"], h.get("teacher_answer") or ""),
+                       teacher_f1=token_f1(h.get("teacher_answer") or "", h["fact_answer"]))
         if "baseline_rag" in systems:
             got = systems["baseline_rag"][h["id"]].get("context_doc_ids") or []
             row["source_retrieved"] = h.get("doc_id") in got if h.get("doc_id") else None
@@ -167,7 +189,14 @@ def run(cfg: EvaluateConfig) -> dict:
     ftm = _manifest(cfg.finetune)
     losses = read_jsonl(Path(cfg.finetune) / "loss.jsonl") if cfg.finetune and (Path(cfg.finetune) / "loss.jsonl").exists() else []
     overall = summary(rows)
-    verdict = _verdict(overall)
+    cycle_names = ["finetuned", *(f"cycle{i}" for i in range(2, len(cfg.cycle_answers) + 2))]
+    facts = fact_summary(rows, [*systems], cycle_names, _fact_priors(cfg.data), gen, cfg)
+    stopping = {k: {"n": len(rows), "by_limit_share": _mean([float(r[f"{k}_by_limit"]) for r in rows]),
+                    "distinct2_mean": _mean([r[f"{k}_distinct2"] for r in rows if r[f"{k}_distinct2"] is not None])}
+                for k in systems}
+    cycles = cycle_summary(rows, cycle_names, cfg, gen) if cfg.cycle_answers else None
+    judge = _judge_block(cfg.judge)
+    verdict = _fact_verdict(facts) or _verdict(overall)
     report = {
         "teacher": _teacher_text(cfg, gen),
         "student": models.describe(cfg.student) if cfg.student else (ftm.get("extra") or {}).get("base_model"),
@@ -175,7 +204,8 @@ def run(cfg: EvaluateConfig) -> dict:
         "sizes": {"train": (gen.get("counts") or {}).get("train"), "heldout": len(rows),
                   "heldout_by_split": {s: v["n"] for s, v in splits.items()},
                   "kb_docs": (_manifest(cfg.kb).get("counts") or {}).get("docs")},
-        "overall": overall, "by_split": splits, "verdict": verdict,
+        "overall": overall, "by_split": splits, "verdict": verdict, "similarity_verdict": _verdict(overall),
+        "facts": facts, "stopping": stopping, "cycles": cycles, "judge": judge,
         "finetune": {"config": ftm.get("config"), "counts": ftm.get("counts"), "timings_s": ftm.get("timings_s")},
         "generate": {"counts": gen.get("counts"), "timings_s": gen.get("timings_s")},
         "timings_s": {"generate": (gen.get("timings_s") or {}).get("wall"),
@@ -199,9 +229,122 @@ def run(cfg: EvaluateConfig) -> dict:
         write_text(tmp / "report.md", render_md(report))
         write_text(tmp / "report.html", render_html(report, tmp / "report.png"))
     d = overall["finetuned_minus_baseline"]
+    para = (facts or {}).get("by_split", {}).get("fact_paraphrase")
     write_metrics(cfg.metrics_dir, {"baseline": overall["baseline_mean"], "finetuned": overall["finetuned_mean"],
-                                    "diff": d["mean"], "diff_lo": d["ci95"][0], "diff_hi": d["ci95"][1]})
+                                    "diff": d["mean"], "diff_lo": d["ci95"][0], "diff_hi": d["ci95"][1],
+                                    **({"fact_baseline": para["accuracy"]["baseline"],
+                                        "fact_finetuned": para["accuracy"]["finetuned"],
+                                        "fact_diff": para["finetuned_minus_baseline"]["mean"]} if para else {})})
     return {"overall": {k: v for k, v in overall.items()}, "verdict": verdict}
+
+
+FACT_SPLITS = ("fact_paraphrase", "fact_unseen", "fact_unseen_kind")
+SPLIT_TEXT = {"fact_paraphrase": "trained fact, new wording", "fact_unseen": "unseen fact, trained kind",
+              "fact_unseen_kind": "fact of an unseen kind", "paraphrase": "teacher question, reworded",
+              "unseen_doc": "teacher question, unseen document"}
+
+
+def _fact_priors(data: str) -> dict[str, str]:
+    """Per fact type, the answer most training rows have: what a student that learnt only the
+    commonest answer would say (its accuracy is reported as the prior)."""
+    from collections import Counter
+
+    p = Path(data) / "train.jsonl"
+    by: dict[str, Counter] = {}
+    for r in read_jsonl(p) if p.exists() else []:
+        if r.get("fact"):
+            by.setdefault(r["fact"], Counter())[r["fact_answer"]] += 1
+    return {f: c.most_common(1)[0][0] for f, c in by.items()}
+
+
+def fact_summary(rows: list[dict], systems: list[str], cycles: list[str], priors: dict, gen: dict,
+                 cfg: EvaluateConfig) -> dict | None:
+    frows = [r for r in rows if r.get("fact")]
+    if not frows:
+        return None
+
+    def block(sel: list[dict]) -> dict:
+        acc = {k: _mean([float(r[f"{k}_correct"]) for r in sel]) for k in systems}
+        acc["teacher"] = _mean([float(r["teacher_correct"]) for r in sel])
+        b, f = acc["baseline"], acc["finetuned"]
+        return {"n": len(sel), "accuracy": acc,
+                "f1": {**{k: _mean([r[f"{k}_f1"] for r in sel]) for k in systems},
+                       "teacher": _mean([r["teacher_f1"] for r in sel])},
+                "similarity": {k: _mean([r[k] for r in sel]) for k in [*systems, "teacher"] if k in sel[0]},
+                "prior": _mean([float(priors.get(r["fact"]) == r["fact_answer"]) for r in sel]) if priors else None,
+                "finetuned_minus_baseline": paired_bootstrap(
+                    [float(r["finetuned_correct"]) - float(r["baseline_correct"]) for r in sel], cfg.bootstrap, cfg.seed),
+                "ratio": (f / b) if b else None,
+                "by_fact": {ft: {"n": sum(r["fact"] == ft for r in sel),
+                                 **{k: _mean([float(r[f"{k}_correct"]) for r in sel if r["fact"] == ft])
+                                    for k in ("baseline", "finetuned")}}
+                            for ft in sorted({r["fact"] for r in sel})}}
+
+    counts = gen.get("counts") or {}
+    return {"teacher_accuracy": counts.get("teacher_fact_accuracy"),
+            "teacher_questions": counts.get("teacher_fact_questions"),
+            "train": counts.get("fact_train"), "train_dropped": counts.get("fact_train_dropped"),
+            "priors": priors, "all": block(frows),
+            "by_split": {s: block([r for r in frows if r["split"] == s]) for s in FACT_SPLITS
+                         if any(r["split"] == s for r in frows)}}
+
+
+def cycle_summary(rows: list[dict], names: list[str], cfg: EvaluateConfig, gen: dict) -> list[dict]:
+    """Per cycle: training rows, what the previous student still got wrong, and factual accuracy per
+    split against the baseline and against the previous cycle, with paired bootstrap CIs."""
+    frows = [r for r in rows if r.get("fact")]
+    out = []
+    manifests = [gen, *(_manifest(d) for d in cfg.cycle_data)]
+    fts = [cfg.finetune, *cfg.cycle_finetunes]
+    for i, name in enumerate(names):
+        c = manifests[i].get("counts") or {}
+        ftc = _manifest(fts[i]).get("counts") or {}
+        entry = {"cycle": i + 1, "train": c.get("train"), "new_train": c.get("new_train", c.get("train")),
+                 "probe": c.get("probe"), "probe_correct": c.get("probe_correct"), "last_loss": ftc.get("last_loss"),
+                 "by_split": {}}
+        for s in ("all", *FACT_SPLITS):
+            sel = frows if s == "all" else [r for r in frows if r["split"] == s]
+            if not sel:
+                continue
+            e = {"n": len(sel), "accuracy": _mean([float(r[f"{name}_correct"]) for r in sel]),
+                 "minus_baseline": paired_bootstrap([float(r[f"{name}_correct"]) - float(r["baseline_correct"])
+                                                     for r in sel], cfg.bootstrap, cfg.seed)}
+            if i:
+                prev = names[i - 1]
+                e["minus_previous"] = paired_bootstrap([float(r[f"{name}_correct"]) - float(r[f"{prev}_correct"])
+                                                        for r in sel], cfg.bootstrap, cfg.seed)
+            entry["by_split"][s] = e
+        out.append(entry)
+    return out
+
+
+def _judge_block(folder: str | None) -> dict | None:
+    if not folder:
+        return None
+    p = Path(folder) / "summary.json"
+    if not p.exists():
+        raise FileNotFoundError(f"judge folder {folder} has no summary.json; re-run the judge step")
+    j = json.loads(p.read_text())
+    return {"judge": j.get("judge"), "strength": j.get("judge_strength"),
+            "metrics": {k: {kk: v.get(kk) for kk in ("mean", "n_scored", "n_failed", "ci95")}
+                        for k, v in (j.get("metrics") or {}).items()}}
+
+
+def _fact_verdict(facts: dict | None) -> str | None:
+    if not facts or "fact_paraphrase" not in facts["by_split"]:
+        return None
+    s = facts["by_split"]["fact_paraphrase"]
+    a, d = s["accuracy"], s["finetuned_minus_baseline"]
+    lo, hi = d["ci95"]
+    ratio = "" if s["ratio"] is None else f", {s['ratio']:.1f}x the baseline"
+    head = (f"factual accuracy on trained facts asked in new words (n={s['n']}): baseline {a['baseline']:.2f}, "
+            f"fine-tuned {a['finetuned']:.2f}{ratio}; difference {d['mean']:+.2f}, 95% CI [{lo:+.2f}, {hi:+.2f}]")
+    teacher = "" if a.get("teacher") is None else f"; teacher with the document (ceiling) {a['teacher']:.2f}"
+    if lo > 0:
+        return f"fine-tuned states the trained facts more often: {head}{teacher}"
+    if hi < 0:
+        return f"fine-tuned states the trained facts LESS often: {head}{teacher}"
+    return f"no clear difference in stating the trained facts: {head}{teacher}"
 
 
 def _teacher_text(cfg: EvaluateConfig, gen: dict) -> str:
@@ -281,10 +424,105 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
+def _ratio(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.1f}x"
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def _facts_md(r: dict) -> list[str]:
+    f = r.get("facts")
+    if not f:
+        return []
+    ta = f.get("teacher_accuracy")
+    lines = ["## Factual accuracy", "",
+             "Questions generated from facts the v1.28 reference states exactly (a field's type, whether it is "
+             "required, a stated default, minimum or maximum). An answer is correct when it states the fact "
+             "(steps.facts.fact_correct). 'prior': the accuracy of always giving the commonest training answer "
+             "for the fact type.", "",
+             f"Teacher's factual accuracy (greedy, document in its prompt, {f.get('teacher_questions')} fact questions): "
+             f"**{_pct(ta)}**. Training facts kept (the teacher stated the fact within its attempts): "
+             f"{f.get('train')}, dropped: {f.get('train_dropped')}.", "",
+             "| held-out set | n | baseline | fine-tuned | teacher (ceiling) | prior | fine-tuned - baseline [95% CI] | ratio |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, s in [*f["by_split"].items(), ("all fact questions", f["all"])]:
+        a = s["accuracy"]
+        lines.append(f"| {SPLIT_TEXT.get(name, name)} | {s['n']} | {_pct(a['baseline'])} | {_pct(a['finetuned'])} | "
+                     f"{_pct(a['teacher'])} | {_pct(s['prior'])} | {_ci(s['finetuned_minus_baseline'])} | "
+                     f"{_ratio(s['ratio'])} |")
+    lines += ["", "Token F1 against the exact answer and similarity to the reference, same questions:", "",
+              "| held-out set | F1 baseline | F1 fine-tuned | F1 teacher | similarity baseline | similarity fine-tuned |",
+              "|---|---|---|---|---|---|"]
+    for name, s in [*f["by_split"].items(), ("all fact questions", f["all"])]:
+        lines.append(f"| {SPLIT_TEXT.get(name, name)} | {_fmt(s['f1']['baseline'])} | {_fmt(s['f1']['finetuned'])} | "
+                     f"{_fmt(s['f1']['teacher'])} | {_fmt(s['similarity'].get('baseline'))} | "
+                     f"{_fmt(s['similarity'].get('finetuned'))} |")
+    bf = f["all"]["by_fact"]
+    lines += ["", "By fact type (all fact questions): " + "; ".join(
+        f"{k} n={v['n']} baseline {_pct(v['baseline'])} fine-tuned {_pct(v['finetuned'])}" for k, v in bf.items()), ""]
+    return lines
+
+
+def _stopping_md(r: dict) -> list[str]:
+    st = r.get("stopping")
+    if not st:
+        return []
+    lines = ["## Do the students stop?", "",
+             "Share of held-out answers that ended at the token limit instead of the end-of-turn token, and "
+             "distinct-2 (distinct word pairs / word pairs within an answer: 1.0 never repeats, a loop goes to 0).", "",
+             "| student | answers | ended by the limit | distinct-2 |", "|---|---|---|---|"]
+    for k, v in st.items():
+        lines.append(f"| {LABELS.get(k, k).replace(chr(10), ' ')} | {v['n']} | {_pct(v['by_limit_share'])} | "
+                     f"{_fmt(v['distinct2_mean'])} |")
+    g = (r.get("generate") or {}).get("counts") or {}
+    if g.get("dropped_by_limit") is not None:
+        lines += ["", f"Teacher answers cut at the limit and so left out of training: {g['dropped_by_limit']}."]
+    return lines + [""]
+
+
+def _cycles_md(r: dict) -> list[str]:
+    cy = r.get("cycles")
+    if not cy:
+        return []
+    lines = ["## Cycles", "",
+             "Each cycle after the first asks the previous student the trained facts in unused wordings and new "
+             "facts of trained kinds, trains on the union of all rows so far plus the teacher's answers to what it "
+             "got wrong, and is scored on the same held-out questions.", "",
+             "| cycle | training rows | new rows | probe correct | trained facts, new wording | unseen fact | "
+             "unseen kind | all facts - baseline [95% CI] | - previous cycle |", "|---|---|---|---|---|---|---|---|---|"]
+    for c in cy:
+        b = c["by_split"]
+        probe = "" if c.get("probe") is None else f"{c['probe_correct']}/{c['probe']}"
+        lines.append(f"| {c['cycle']} | {c['train']} | {c['new_train']} | {probe or 'n/a'} | "
+                     + " | ".join(_pct(b[s]['accuracy']) if s in b else "n/a" for s in FACT_SPLITS)
+                     + f" | {_ci(b['all']['minus_baseline'])} | {_ci(b['all'].get('minus_previous'))} |")
+    return lines + [""]
+
+
+def _judge_md(r: dict) -> list[str]:
+    j = r.get("judge")
+    if not j:
+        return []
+    lines = ["## Judge", "", f"Judge: {j['judge']} ({j['strength']})."]
+    if j["strength"] == "weak":
+        lines.append("**This judge failed its calibration cases: treat its scores as a check of the path, not of "
+                     "the answers.**")
+    for k, v in j["metrics"].items():
+        ci = v.get("ci95") or [None, None]
+        lines.append(f"- {k} of the fine-tuned answers: {_fmt(v.get('mean'))} "
+                     f"(scored {v.get('n_scored')}, failed {v.get('n_failed')}"
+                     + (f", 95% CI [{ci[0]:.2f}, {ci[1]:.2f}])" if ci[0] is not None else ")"))
+    return lines + [""]
+
+
 def render_md(r: dict) -> str:
     lines = ["# Distillation report", "", f"**Verdict:** {r['verdict']}", "",
-             f"- Teacher: {r['teacher']}", f"- Student: {r['student']}", f"- Metric: {r['metric']}",
-             f"- Sizes: {json.dumps(r['sizes'])}", "",
+             f"- Teacher: {r['teacher']}", f"- Student: {r['student']}",
+             f"- Sizes: {json.dumps(r['sizes'])}", ""]
+    lines += _facts_md(r) + _stopping_md(r) + _cycles_md(r) + _judge_md(r)
+    lines += ["## Similarity to the reference", "", f"Metric: {r['metric']}. {r.get('similarity_verdict', '')}", "",
              "| held-out set | n | baseline | fine-tuned | teacher ceiling | fine-tuned - baseline [95% CI] |",
              "|---|---|---|---|---|---|"]
     for name, s in [("all", r["overall"]), *r["by_split"].items()]:

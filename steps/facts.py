@@ -138,6 +138,128 @@ def fact_correct(fact: str, answer: str, response: str) -> bool:
     return re.search(rf"(?<![\w-]){re.escape(answer)}(?![\w-])", text, re.I) is not None
 
 
+
+def answer_sentence(row: dict) -> str:
+    """The exact answer of a fact question as one plain sentence (a reference for similarity)."""
+    s, a = f"`{row['title']}`", row["answer"]
+    return {"type": f"{s} is a {a}.", "required": f"{s} is {a}."}.get(row["fact"], f"The {row['fact']} of {s} is {a}.")
+
+
+def _tokens(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", (text or "").lower())
+
+
+def token_f1(response: str, answer: str) -> float:
+    """Token F1 of a response against the exact answer (SQuAD style: lower-cased alphanumeric words;
+    a long response that contains the answer scores low on precision)."""
+    from collections import Counter
+
+    r, a = _tokens(response), _tokens(answer)
+    common = sum((Counter(r) & Counter(a)).values())
+    if not r or not a or not common:
+        return 0.0
+    p, rec = common / len(r), common / len(a)
+    return 2 * p * rec / (p + rec)
+
+
+def distinct_n(text: str, n: int = 2) -> float | None:
+    """Distinct n-grams / n-grams within one answer: 1.0 never repeats, a loop tends to 0. None when
+    the answer has fewer than n words."""
+    w = _tokens(text)
+    grams = [tuple(w[i:i + n]) for i in range(len(w) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else None
+
+
+def fact_context(doc: dict, max_chars: int) -> tuple[str, dict[str, str]]:
+    """The text a teacher is shown for a field document (title, description cut to max_chars, the
+    'Type: ... Required.' line) and the facts that text states: only those are asked."""
+    from steps.nli_data import premise_text, visible_facts
+
+    cut = {**doc, "text": doc["text"][:max_chars]}
+    return premise_text(cut), {k: v for k, v in visible_facts(cut).items() if k in FACTS}
+
+
+def fact_splits(docs: list[dict], n_train: int, n_held: int, seed: int, max_chars: int = 800,
+                exclude_docs: set[str] = frozenset(), trained_kinds: set[str] = frozenset(),
+                facts: tuple[str, ...] = FACTS, max_new: int = 10**9) -> dict[str, list[dict]]:
+    """Fact questions split for distillation, disjoint by fact:
+
+    - train: n_train facts in one wording each;
+    - fact_paraphrase: each trained fact asked in another template AND another naming (the caller
+      keeps n_held of those whose training answer it kept);
+    - fact_unseen: n_held facts of documents never trained on, of kinds that have trained facts;
+    - fact_unseen_kind: n_held facts of kinds with no trained document (`trained_kinds`, e.g. of
+      free-text training rows, count as trained);
+    - pool: every other wording of the trained facts and every other fact of trained kinds, for
+      later cycles (never a held-out fact).
+
+    Each row: id, doc_id, fact, answer, question, wording, naming, title, kind, topic, context."""
+    rng = random.Random(seed)
+    items = []  # one per (doc, fact): its wordings in a seeded order
+    for d in sorted(docs, key=lambda d: d["id"]):
+        if d.get("doc_type", "field") != "field" or not d.get("text") or d["id"] in exclude_docs or not d.get("kind"):
+            continue
+        ctx, stated = fact_context(d, max_chars)
+        for fact in facts:
+            if fact not in stated:
+                continue
+            combos = [(t, n) for t in range(len(TEMPLATES[fact])) for n in NAMINGS]
+            rng.shuffle(combos)
+            items.append({"doc": d, "fact": fact, "answer": stated[fact], "context": ctx, "combos": combos})
+
+    def row(it: dict, combo: tuple[int, str], split: str) -> dict:
+        d, (t, naming) = it["doc"], combo
+        q = TEMPLATES[it["fact"]][t].format(s=subject(d["title"], naming))
+        return {"id": f"{split}:{d['id']}:{it['fact']}:{t}{naming[0]}", "split": split, "doc_id": d["id"],
+                "fact": it["fact"], "answer": it["answer"], "question": q[:1].upper() + q[1:], "wording": t,
+                "naming": naming, "title": d["title"], "kind": d["kind"], "topic": d.get("topic"),
+                "context": it["context"]}
+
+    kinds = sorted({it["doc"]["kind"] for it in items})
+    rng.shuffle(kinds)
+    by_kind: dict[str, list[dict]] = {}
+    for it in items:
+        by_kind.setdefault(it["doc"]["kind"], []).append(it)
+    # held-out kinds first, from kinds nothing else trains on, until they hold n_held facts
+    unseen_kind: list[dict] = []
+    held_kinds: set[str] = set()
+    for k in kinds:
+        if len(unseen_kind) >= n_held:
+            break
+        if k in trained_kinds:
+            continue
+        held_kinds.add(k)
+        unseen_kind += by_kind[k]
+    rest = [it for it in items if it["doc"]["kind"] not in held_kinds]
+    rng.shuffle(rest)
+    train = rest[:n_train]
+    if len(train) < n_train or len(unseen_kind) < n_held:
+        raise ValueError(f"the knowledge base states too few facts for {n_train} training and {n_held} held-out "
+                         f"fact questions per split ({len(items)} facts in {len(kinds)} kinds); lower "
+                         "fact-questions/heldout-facts or widen the topics")
+    train_docs = {it["doc"]["id"] for it in train}
+    kinds_trained = {it["doc"]["kind"] for it in train}
+    others = [it for it in rest[n_train:] if it["doc"]["id"] not in train_docs and it["doc"]["kind"] in kinds_trained]
+    unseen = others[:n_held]
+    if len(unseen) < n_held:
+        raise ValueError(f"only {len(unseen)} facts of trained kinds are left for the unseen-fact split (need "
+                         f"{n_held}); lower heldout-facts or fact-questions, or widen the topics")
+    out: dict[str, list[dict]] = {"train": [], "fact_paraphrase": [], "fact_unseen": [], "fact_unseen_kind": [],
+                                  "pool": []}
+    for it in train:
+        first = it["combos"][0]
+        out["train"].append(row(it, first, "train"))
+        para = next((c for c in it["combos"][1:] if c[0] != first[0] and c[1] != first[1]), None)
+        if para is not None:
+            out["fact_paraphrase"].append(row(it, para, "fact_paraphrase"))
+        out["pool"] += [{**row(it, c, "pool"), "origin": "trained"} for c in it["combos"][1:] if c != para]
+    out["fact_unseen"] = [row(it, it["combos"][0], "fact_unseen") for it in unseen]
+    out["fact_unseen_kind"] = [row(it, it["combos"][0], "fact_unseen_kind")
+                               for it in rng.sample(unseen_kind, n_held)]
+    out["pool"] += [{**row(it, it["combos"][0], "pool"), "origin": "new"} for it in others[n_held:][:max_new]]
+    return out
+
+
 def run(cfg: FactsConfig) -> dict:
     import time
 

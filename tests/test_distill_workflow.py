@@ -23,18 +23,40 @@ def test_workflow_shape():
     spec = doc["spec"]
     tasks = {t["name"]: t for t in next(t for t in spec["templates"] if t["name"] == "main")["dag"]["tasks"]}
     assert set(tasks) == {"check-params", "memo-keys", "prepare-student", "harvest", "serve", "generate", "answer-baseline",
-                          "finetune", "answer-finetuned", "index", "answer-baseline-rag", "answer-finetuned-rag",
-                          "evaluate"}
-    # retrieval next to fine-tuning: the index of the same harvest, and both students answering with it
-    assert tasks["index"]["depends"] == "harvest"
-    assert set(tasks["answer-finetuned-rag"]["depends"].split(" && ")) == {"index", "answer-finetuned"}
-    tpl = templates_named(spec, "answer-finetuned-rag")["container"]["args"]
+                          "finetune", "answer-finetuned", "judge", "evaluate"}
+    # the judge scores the fine-tuned answers with the answer metrics; evaluate reads its folder
+    assert tasks["judge"]["depends"] == "answer-finetuned"
+    jargs = templates_named(spec, "judge")["container"]["args"]
+    assert jargs[jargs.index("--metrics") + 1] == "answer_correctness,answer_relevancy"
+    assert "--judge" in templates_named(spec, "evaluate")["container"]["args"]
+    # retrieval next to fine-tuning (rag=true, compile-time): the index of the same harvest, both students with it
+    rag_doc = cli.compile_doc("distill", "s3", {"rag": "true"})
+    rag = {t["name"]: t for t in _main_tasks(rag_doc)}
+    assert set(rag) == set(tasks) | {"index", "answer-baseline-rag", "answer-finetuned-rag"}
+    assert rag["index"]["depends"] == "harvest"
+    assert set(rag["answer-finetuned-rag"]["depends"].split(" && ")) == {"index", "answer-finetuned"}
+    tpl = templates_named(rag_doc["spec"], "answer-finetuned-rag")["container"]["args"]
     assert tpl[tpl.index("--rag") + 1] == "/in/index" and "--lora-path" in tpl
     assert "--rag" not in templates_named(spec, "answer-finetuned")["container"]["args"]
-    ev = templates_named(spec, "evaluate")["container"]["args"]
+    ev = templates_named(rag_doc["spec"], "evaluate")["container"]["args"]
     assert "--baseline-rag" in ev and "--finetuned-rag" in ev
-    no_rag = {t["name"] for t in _main_tasks(cli.compile_doc("distill", "s3", {"rag": "false"}))}
-    assert no_rag == set(tasks) - {"index", "answer-baseline-rag", "answer-finetuned-rag"}
+    # cycles=3 (compile-time): each later cycle probes the previous adapter, then teaches, trains, answers
+    cyc_doc = cli.compile_doc("distill", "s3", {"cycles": "3"})
+    cyc = {t["name"]: t for t in _main_tasks(cyc_doc)}
+    assert set(cyc) == set(tasks) | {f"{n}-{c}" for c in (2, 3) for n in ("probe", "generate", "finetune",
+                                                                           "answer-finetuned")}
+    assert cyc["probe-2"]["depends"] == "answer-finetuned" and cyc["probe-3"]["depends"] == "answer-finetuned-2"
+    assert cyc["generate-3"]["depends"] == "probe-3" and cyc["finetune-3"]["depends"] == "generate-3"
+    p3 = templates_named(cyc_doc["spec"], "probe-3")["container"]["args"]
+    assert p3[p3.index("--input-file") + 1] == "probe.jsonl" and "{{inputs.parameters.model}}-ft2" in p3
+    a3 = templates_named(cyc_doc["spec"], "answer-finetuned-3")["container"]["args"]
+    assert "{{inputs.parameters.model}}-ft3" in a3
+    g3 = {a["name"]: a for a in cyc["generate-3"]["arguments"]["artifacts"]}
+    assert "generate-2" in str(g3["data"]) and "probe-3" in str(g3["probe"])
+    ev3 = templates_named(cyc_doc["spec"], "evaluate")["container"]["args"]
+    assert ev3.count("--cycle-answers") == 2 and set(cyc["evaluate"]["depends"].split(" && ")) >= {
+        "answer-finetuned-2", "answer-finetuned-3", "judge"}
+    assert lint_workflow(cyc_doc) == [] and lint_workflow(rag_doc) == []
     assert templates_named(spec, "generate")["memoize"]["cache"]["configMap"]["name"] == "kubellm-memo"
     assert templates_named(spec, "evaluate")["outputs"]["artifacts"][0]["archive"] == {"none": {}}
     gauges = {g["name"] for g in templates_named(spec, "answer-baseline")["metrics"]["prometheus"]}

@@ -1,6 +1,6 @@
 """End to end: the compiled distill workflow on the local runner, bundled models, tiny sizes.
 
-One test, three runs of the same `kubellm run distill` command with the same --out:
+One test, three runs of the same `kubellm run distill -p cycles=2 -p rag=true` command with the same --out:
   1. interrupted (Ctrl-C) while the finetune node is training;
   2. re-run: nodes that had finished are not redone, the rest completes and writes a real report;
   3. re-run again: nothing is redone at all, and no model server is started.
@@ -20,6 +20,7 @@ from tests.conftest import free_port, node_status as _status, interrupt_when, po
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["-p", "num-questions=8", "-p", "heldout-unseen=4", "-p", "heldout-paraphrase=4", "-p", "steps=6",
+        "-p", "fact-questions=8", "-p", "heldout-facts=4", "-p", "cycles=2", "-p", "rag=true", "-p", "judge-rows=1",
         "-p", "answer-tokens=48", "-p", "topics=pods-containers,storage-volumes,services-networking"]
 
 
@@ -54,7 +55,7 @@ def test_distill_tiny_interrupt_resume_and_report(tmp_path, cache_dir):
     report = json.loads((out / "report.json").read_text())
     n_held = len((out / "nodes/generate/artifacts/data/heldout.jsonl").read_text().splitlines())
     n_train = len((out / "nodes/generate/artifacts/data/train.jsonl").read_text().splitlines())
-    assert 1 <= n_train <= 8 and 1 <= n_held <= 8
+    assert 1 <= n_train <= 8 + 8 and 1 <= n_held <= 8 + 3 * 4
     assert report["sizes"]["train"] == n_train and report["sizes"]["heldout"] == n_held
     assert len(report["per_question"]) == n_held
     for row in report["per_question"]:
@@ -69,6 +70,7 @@ def test_distill_tiny_interrupt_resume_and_report(tmp_path, cache_dir):
     assert (ft / "adapter" / "adapter_config.json").exists() and (ft / "merged" / "config.json").exists()
     losses = [json.loads(line) for line in (ft / "loss.jsonl").read_text().splitlines()]
     assert len(losses) == 6 and all(l["loss"] > 0 for l in losses)
+    _check_facts_judge_and_cycles(out, report)
     assert json.loads((ft / "manifest.json").read_text())["counts"]["steps"] == 6
     assert (out / "report.png").stat().st_size > 10_000 and "Verdict" in (out / "report.md").read_text()
     # the fine-tuned answers came from the adapter, not the base model
@@ -106,6 +108,52 @@ def test_distill_tiny_interrupt_resume_and_report(tmp_path, cache_dir):
     assert {n: _status(out, n)["finished"] for n in done} == done, "a finished node was redone"
 
 
+def _check_facts_judge_and_cycles(out: Path, report: dict) -> None:
+    """Fact questions scored exactly, students that stop, the judge's block, and a measured second cycle."""
+    from steps.facts import fact_correct
+
+    data = out / "nodes/generate/artifacts/data"
+    train = [json.loads(line) for line in (data / "train.jsonl").read_text().splitlines()]
+    facts_train = [r for r in train if r.get("fact")]
+    # the teacher's answer is kept only when it states the fact
+    assert facts_train and all(fact_correct(r["fact"], r["fact_answer"], r["answer"]) for r in facts_train)
+    assert all(r.get("finish_reason") != "length" for r in train)
+    f = report["facts"]
+    assert 0.0 <= f["teacher_accuracy"] <= 1.0 and f["train"] == len(facts_train)
+    rows = {r["id"]: r for r in report["per_question"]}
+    for r in rows.values():
+        if r.get("fact"):
+            assert r["finetuned_correct"] == fact_correct(r["fact"], r["fact_answer"], r["finetuned_answer"])
+    assert set(f["by_split"]) <= {"fact_paraphrase", "fact_unseen", "fact_unseen_kind"} and "fact_unseen_kind" in f["by_split"]
+    for k in ("baseline", "finetuned"):
+        st = report["stopping"][k]
+        assert 0.0 <= st["by_limit_share"] <= 1.0 and 0.0 < st["distinct2_mean"] <= 1.0
+    assert "## Factual accuracy" in (out / "report.md").read_text()
+    # the judge: the served model through structured outputs, named and flagged
+    j = report["judge"]
+    assert j["judge"] and j["strength"] in ("weak", "ok") and set(j["metrics"]) == {"answer_correctness", "answer_relevancy"}
+    summary = json.loads((out / "nodes/judge/artifacts/judge/summary.json").read_text())
+    assert summary["judge"] == j["judge"]
+    # cycle 2: probed with cycle 1's adapter, taught what it got wrong, trained on the union, measured
+    probe = [json.loads(line) for line in
+             (out / "nodes/probe-2/artifacts/answers/answers.jsonl").read_text().splitlines()]
+    assert probe and {a["model"] for a in probe} == {"smollm2-135m-ft"}
+    gen2 = json.loads((out / "nodes/generate-2/artifacts/data/manifest.json").read_text())["counts"]
+    assert gen2["probe"] == len(probe) and gen2["train"] == len(train) + gen2["new_train"]
+    asked = {json.loads(line)["id"]: json.loads(line) for line in (data / "probe.jsonl").read_text().splitlines()}
+    assert set(asked) == {p["id"] for p in probe}
+    wrong = sum(not fact_correct(asked[p["id"]]["fact"], asked[p["id"]]["answer"], p["answer"] or "") for p in probe)
+    assert gen2["still_wrong"] == wrong
+    ans2 = [json.loads(line) for line in
+            (out / "nodes/answer-finetuned-2/artifacts/answers/answers.jsonl").read_text().splitlines()]
+    assert {a["model"] for a in ans2} == {"smollm2-135m-ft2"} and len(ans2) == len(rows)
+    cy = report["cycles"]
+    assert [c["cycle"] for c in cy] == [1, 2] and cy[1]["train"] == gen2["train"]
+    d2 = cy[1]["by_split"]["all"]
+    assert d2["minus_previous"]["ci95"][0] <= d2["minus_previous"]["mean"] <= d2["minus_previous"]["ci95"][1]
+    assert "## Cycles" in (out / "report.md").read_text()
+
+
 @pytest.mark.slow
 def test_distill_full_finetune_answers_from_the_merged_model(tmp_path, cache_dir):
     """method=full writes no adapter: a second server serves the merged model and the fine-tuned
@@ -115,7 +163,8 @@ def test_distill_full_finetune_answers_from_the_merged_model(tmp_path, cache_dir
     env = {**os.environ, "KUBELLM_CACHE": str(cache_dir)}
     cmd = [sys.executable, "-m", "workflows.cli", "run", "distill", "--out", str(out), "--serve-port", str(port),
            "-p", "method=full", "-p", "num-questions=4", "-p", "heldout-unseen=2", "-p", "heldout-paraphrase=2",
-           "-p", "steps=2", "-p", "answer-tokens=16", "-p", "topics=pods-containers"]
+           "-p", "steps=2", "-p", "answer-tokens=16", "-p", "topics=pods-containers", "-p", "fact-questions=4",
+           "-p", "heldout-facts=2", "-p", "judge-rows=1"]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     ft = out / "nodes/finetune/artifacts/finetune"

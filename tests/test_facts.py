@@ -76,3 +76,61 @@ def test_bad_input(tmp_path):
     with pytest.raises(ValueError, match=r"nokb/docs.jsonl does not exist"):
         facts.run(facts.FactsConfig(out=tmp_path / "f", kb=tmp_path / "nokb"))
     assert not (tmp_path / "f").exists()
+
+
+# --------------------------------------------------------------------------- distillation splits and scores
+
+@pytest.fixture(scope="module")
+def ref_docs():
+    from steps.k8s_reference import load_k8s_files
+    from steps.nli_data import reference_docs
+
+    return reference_docs(load_k8s_files())
+
+
+def test_fact_splits_are_disjoint_by_fact_wording_and_kind(ref_docs):
+    text_docs = [d for d in ref_docs if d["kind"] == "Deployment"][:3]
+    s = facts.fact_splits(ref_docs, 40, 12, seed=5, exclude_docs={d["id"] for d in text_docs},
+                          trained_kinds={"Deployment"})
+    assert len(s["train"]) == 40 and len(s["fact_unseen"]) == 12 and len(s["fact_unseen_kind"]) == 12
+    key = lambda r: (r["doc_id"], r["fact"])  # noqa: E731
+    train = {key(r): r for r in s["train"]}
+    train_docs, train_kinds = {r["doc_id"] for r in s["train"]}, {r["kind"] for r in s["train"]}
+    for p in s["fact_paraphrase"]:  # the same fact, another template and another naming
+        t = train[key(p)]
+        assert p["wording"] != t["wording"] and p["naming"] != t["naming"] and p["answer"] == t["answer"]
+        assert p["question"] != t["question"]
+    for u in s["fact_unseen"]:
+        assert u["doc_id"] not in train_docs and u["kind"] in train_kinds
+    for u in s["fact_unseen_kind"]:
+        assert u["kind"] not in train_kinds and u["kind"] != "Deployment"
+    assert not {r["doc_id"] for k in s for r in s[k]} & {d["id"] for d in text_docs}
+    # the pool (later cycles' probes) never holds a held-out fact or a held-out wording
+    held_facts = {key(r) for r in s["fact_unseen"] + s["fact_unseen_kind"]}
+    held_q = {r["question"] for r in s["fact_paraphrase"]}
+    assert not {key(r) for r in s["pool"]} & held_facts and not {r["question"] for r in s["pool"]} & held_q
+    assert {r["origin"] for r in s["pool"]} == {"trained", "new"}
+    # every question's fact is stated in the context the teacher is shown
+    for r in s["train"] + s["fact_unseen"]:
+        assert r["answer"].lower() in r["context"].lower() or r["fact"] == "required"
+    # seeded: the same split twice
+    assert facts.fact_splits(ref_docs, 40, 12, seed=5)["train"] == facts.fact_splits(ref_docs, 40, 12, seed=5)["train"]
+
+
+def test_fact_splits_refuse_a_knowledge_base_too_small(ref_docs):
+    few = [d for d in ref_docs if d["kind"] in ("CronJob", "Job")]
+    with pytest.raises(ValueError, match="lower fact-questions/heldout-facts or widen the topics"):
+        facts.fact_splits(few, 500, 10, seed=0)
+
+
+def test_token_f1_and_distinct_n():
+    assert facts.token_f1("string", "string") == 1.0
+    assert facts.token_f1("It is a string.", "string") == pytest.approx(2 * 0.25 * 1 / 1.25)
+    assert facts.token_f1("an integer", "string") == 0.0 and facts.token_f1("", "string") == 0.0
+    assert facts.token_f1("A list of strings", "list of strings") == pytest.approx(2 * 0.75 / 1.75)
+    assert facts.distinct_n("the field is a string") == 1.0
+    loop = "and to accept a container " * 6
+    assert facts.distinct_n(loop) == pytest.approx(5 / 29)
+    assert facts.distinct_n("string") is None
+    assert facts.answer_sentence({"title": "CronJob.spec.schedule", "fact": "type", "answer": "string"}) == \
+        "`CronJob.spec.schedule` is a string."

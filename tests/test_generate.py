@@ -24,7 +24,7 @@ def _kb(tmp_path: Path, n: int = 12) -> Path:
 
 def _cfg(tmp_path: Path, url: str, **kw) -> generate.GenerateConfig:
     base = dict(kb=str(_kb(tmp_path)), out=str(tmp_path / "data"), teacher="teacher", url=url,
-                num_questions=6, heldout_unseen=2, heldout_paraphrase=2, retries=1, timeout_s=5)
+                num_questions=6, heldout_unseen=2, heldout_paraphrase=2, fact_questions=0, retries=1, timeout_s=5)
     return generate.GenerateConfig(**{**base, **kw})
 
 

@@ -36,7 +36,7 @@ def _run_check(doc: dict, submitted: dict[str, str]) -> subprocess.CompletedProc
 
 @pytest.mark.parametrize("pipeline", PIPELINES)
 def test_every_workflow_starts_with_the_check_node_and_it_accepts_the_defaults(pipeline):
-    doc = cli.compile_doc(pipeline, "s3", {})
+    doc = cli.compile_doc(pipeline, "s3", {"rag": "true"} if pipeline == "distill" else {})  # top-k needs rag
     main = next(t for t in doc["spec"]["templates"] if t["name"] == "main")
     roots = [t["name"] for t in main["dag"]["tasks"] if not t.get("depends")]
     assert roots == ["check-params"]
@@ -47,7 +47,7 @@ def test_every_workflow_starts_with_the_check_node_and_it_accepts_the_defaults(p
 @pytest.mark.parametrize("pipeline,param,value", [("distill", "gpus", "1"), ("distill", "method", "full"),
                                                   ("experiment", "max-servers", "4")])
 def test_a_compile_time_parameter_given_at_submit_time_is_refused_first(pipeline, param, value):
-    doc = cli.compile_doc(pipeline, "s3", {})
+    doc = cli.compile_doc(pipeline, "s3", {"rag": "true"} if pipeline == "distill" else {})  # top-k needs rag
     r = _run_check(doc, {param: value})
     assert r.returncode == 1
     assert f"parameter {param}={value!r} was given at submit time" in r.stderr
@@ -81,7 +81,7 @@ def test_params_marks_compile_time_parameters():
                        text=True, cwd=ROOT)
     marked = [ln.split()[0] for ln in r.stdout.splitlines() if "[compile-time" in ln]
     assert marked == ["max-servers"]
-    assert {k for k, p in distill.PARAMS.items() if p.compile_time} == {"gpus", "method", "rag"}
+    assert {k for k, p in distill.PARAMS.items() if p.compile_time} == {"gpus", "method", "rag", "cycles"}
 
 
 def test_bounds_live_in_the_step_configs():
@@ -175,3 +175,18 @@ def test_a_bad_study_gets_one_clear_message(bad_studies, which, expected, tmp_pa
 def test_an_endpoint_url_must_be_http_or_empty(pipeline, param):
     with pytest.raises(SystemExit, match=f"parameter {param}='vllm:8000'.*e.g. -p {param}=http://"):
         cli.compile_doc(pipeline, "s3", {param: "vllm:8000"})
+
+
+@pytest.mark.parametrize("pipeline", cli.PIPELINES)
+def test_every_parameter_that_feeds_a_step_reaches_a_step(pipeline):
+    """A parameter checked against a step's config field must be on some step's command line (or
+    in a value a step reads), not only in the check and memo-key nodes: else the step silently runs
+    on its own default."""
+    import importlib
+
+    mod = importlib.import_module(f"workflows.{pipeline}")
+    doc = cli.compile_doc(pipeline, "s3", {"rag": "true"} if pipeline == "distill" else {})  # top-k needs rag
+    used = json.dumps([t for t in doc["spec"]["templates"] if t["name"] not in ("check-params", "memo-keys")])
+    for name, p in mod.PARAMS.items():
+        if isinstance(p.feeds, str) and ":" in p.feeds and not p.compile_time:
+            assert "{{workflow.parameters.%s}}" % name in used, f"{pipeline}: -p {name} reaches no step"

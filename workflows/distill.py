@@ -1,20 +1,25 @@
 """The distill pipeline as one Hera Workflow: the only definition of it.
 
     prepare-student ─┬─ serve (daemon: vLLM, base model + runtime LoRA) ─┐
-    harvest ─────────┴──────────────────────────────── generate ────────┼─ baseline ─ baseline-rag ─────┐
-          └─ index ─────────────────────────────────────────────────────┴─ finetune ─ finetuned ─ finetuned-rag ┴─ evaluate
+    harvest ─────────┴──────────────────────────────── generate ────────┼─ baseline ───────────────────────┐
+                                                                        └─ finetune ─ finetuned ─ judge ───┴─ evaluate
+    rag=true:    harvest ─ index; baseline-rag, finetuned-rag (both students with retrieved chunks) ─ evaluate
+    cycles=N:    finetuned ─ probe-2 ─ generate-2 ─ finetune-2 ─ finetuned-2 ─ probe-3 ... ─ evaluate
 
-The teacher writes questions and grounded answers (generate); the student answers the held-out
-questions before (baseline) and after fine-tuning (finetuned), each also with the top-k chunks of
-the knowledge base's index in its prompt (-rag: steps.index + steps.query --rag); evaluate writes
-the report: fine-tune, retrieve, or both, on the same questions and metric. `-p rag=false` at
-compile time leaves out the index and the two RAG answer nodes.
+The teacher writes questions and grounded answers, and answers fact questions built from the
+reference's structured facts, kept only when they state the fact (generate); the student answers the
+held-out questions before (baseline) and after fine-tuning (finetuned); judge scores the fine-tuned
+answers with RAGAS through structured outputs; evaluate writes the report, led by factual accuracy
+on trained facts asked in new words. Compile-time: `-p rag=true` adds the index and both students
+answering with retrieved chunks (fine-tune, retrieve, or both); `-p cycles=N` adds N-1 cycles, each
+teaching the facts the previous student still gets wrong and training on the union.
 By default the teacher is the student's own base model with the source document in its prompt
 (context distillation), so one server start serves teacher, baseline and fine-tuned student.
 
     kubellm compile distill -o distill.yaml                  # artifacts through S3 (the default)
     kubellm compile distill --store pvc -o distill-pvc.yaml  # artifacts on the kubellm-data PVC
     kubellm run distill -p steps=20                          # this machine, no cluster
+    kubellm run distill -p cycles=2 -p fact-questions=24     # a second cycle on what it got wrong
 """
 
 from __future__ import annotations
@@ -38,9 +43,23 @@ PARAMS: dict[str, Param] = {
                                      "teacher-url, or openai:MODEL (key from the kubellm-api-keys Secret)"),
     "teacher-url": Param("", "OpenAI-compatible base URL of the teacher; empty = the workflow's own server", OptionalUrl, example=URL_EXAMPLE),
     "topics": Param("all", "comma-separated topics (see `python -m steps.harvest --help`), or all"),
-    "num-questions": Param("64", "training questions (one per knowledge-base document)", f"{GEN}.num_questions"),
-    "heldout-unseen": Param("16", "held-out questions on documents never trained on", f"{GEN}.heldout_unseen"),
-    "heldout-paraphrase": Param("16", "held-out rephrasings of training questions", f"{GEN}.heldout_paraphrase"),
+    "num-questions": Param("16", "training questions (one per knowledge-base document)", f"{GEN}.num_questions"),
+    "heldout-unseen": Param("4", "held-out questions on documents never trained on", f"{GEN}.heldout_unseen"),
+    "heldout-paraphrase": Param("4", "held-out rephrasings of training questions", f"{GEN}.heldout_paraphrase"),
+    "fact-questions": Param("64", "training questions on facts the reference states exactly (type, required, "
+                                  "default, minimum, maximum), kept only when the teacher's answer states the fact",
+                            f"{GEN}.fact_questions"),
+    "heldout-facts": Param("24", "held-out fact questions per split: trained fact in new words, unseen fact of a "
+                                 "trained kind, fact of an unseen kind", f"{GEN}.heldout_facts"),
+    "cycles": Param("1", "training cycles (compile-time): each cycle after the first asks the student the facts "
+                         "it was taught in unused wordings plus new ones, and trains again on the union with the "
+                         "teacher's answers to what it got wrong", Annotated[int, Field(ge=1, le=5)],
+                    compile_time=True),
+    "judge": Param("", "RAGAS judge of the fine-tuned answers: empty = the served model (flagged weak in the "
+                       "report), a model at judge-url, or openai:MODEL (key from the kubellm-api-keys Secret)"),
+    "judge-url": Param("", "OpenAI-compatible base URL of the judge", OptionalUrl, example=URL_EXAMPLE),
+    "judge-rows": Param("1", "fine-tuned answers the judge scores with answer correctness and relevancy (0: all)",
+                        "steps.judge:JudgeConfig.limit"),
     "steps": Param("60", "fine-tuning optimizer steps", f"{FT}.max_steps"),
     "method": Param("lora", "fine-tuning method (compile-time: full serves the merged model from a second "
                             "server; qlora needs GPUs)", f"{FT}.method", compile_time=True),
@@ -48,8 +67,8 @@ PARAMS: dict[str, Param] = {
     "learning-rate": Param("2e-4", "peak learning rate", f"{FT}.learning_rate"),
     "batch-size": Param("2", "per-device batch size", f"{FT}.batch_size"),
     "grad-accum": Param("2", "gradient accumulation steps", f"{FT}.grad_accum"),
-    "rag": Param("true", "also answer with retrieved chunks in the prompt (baseline + RAG, fine-tuned + RAG) "
-                         "(compile-time: false leaves out the index and RAG answer nodes)", enum=("true", "false"),
+    "rag": Param("false", "also answer with retrieved chunks in the prompt (baseline + RAG, fine-tuned + RAG) "
+                         "(compile-time: true adds the index and the two RAG answer nodes)", enum=("true", "false"),
                  compile_time=True),
     "top-k": Param("4", "chunks retrieved per question with rag", "steps.query:QueryConfig.top_k"),
     "answer-tokens": Param("80", "max tokens per answer (teacher and students)", f"{GEN}.max_tokens"),
@@ -76,6 +95,7 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
     gpus = wp("gpus") if int(values["gpus"]) > 0 else None
     full = values["method"] == "full"
     rag = values["rag"] == "true"
+    cycles = int(values["cycles"])
 
     check = check_node("distill", PARAMS, values)
     prepare = container_step("prepare-model", "steps.models", ["--name", inp("model"), "--out-param", "/tmp/model-path"],
@@ -85,7 +105,7 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
 
     gen_inputs = ";".join(f"{k}={wp(k)}" for k in (
         "steps-image", "teacher", "teacher-url", "student", "topics", "num-questions", "heldout-unseen",
-        "heldout-paraphrase", "answer-tokens", "seed"))
+        "heldout-paraphrase", "fact-questions", "heldout-facts", "answer-tokens", "seed"))
     ft_inputs = ";".join(f"{k}={wp(k)}" for k in (
         "method", "steps", "lora-r", "learning-rate", "batch-size", "grad-accum"))
     memokeys = Container(
@@ -113,15 +133,17 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
         ["--kb", kb_read, "--out", data_path, "--teacher", wp("teacher"), "--url", wp("teacher-url"),
          "--served-url", inp("served-url"), "--topics", wp("topics"),
          "--num-questions", wp("num-questions"), "--heldout-unseen", wp("heldout-unseen"),
-         "--heldout-paraphrase", wp("heldout-paraphrase"), "--max-tokens", wp("answer-tokens"),
+         "--heldout-paraphrase", wp("heldout-paraphrase"), "--fact-questions", wp("fact-questions"),
+         "--heldout-facts", wp("heldout-facts"), "--max-tokens", wp("answer-tokens"),
          "--concurrency", wp("concurrency"), "--seed", wp("seed")],
         st, kb_in + [Parameter(name="served-url")], data_out, cpu="1", mem="2Gi", retry=True, env=[API_KEY],
         metrics=("rows", "failed"), memoize=True, deadline=3 * 3600)
 
-    def answer(tname: str, lora: bool, with_rag: bool = False) -> Container:
+    def answer(tname: str, lora: bool, with_rag: bool = False, adapter: str = "-ft",
+               input_file: str = "heldout.jsonl") -> Container:
         d_in, d_read = st.inp("data")
         a_out, a_path = st.out(tname, "answers")
-        args = ["--input", d_read, "--out", a_path, "--model", inp("model"),
+        args = ["--input", d_read, "--input-file", input_file, "--out", a_path, "--model", inp("model"),
                 "--url", inp("url"), "--max-tokens", wp("answer-tokens"),
                 "--concurrency", wp("concurrency"), "--seed", wp("seed"),
                 # evaluate scores every held-out question: one missing answer fails the node
@@ -134,7 +156,7 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
         if lora:
             ad_in, ad_read = st.inp("finetune")
             ins += ad_in
-            args += ["--lora-name", "{{inputs.parameters.model}}-ft", "--lora-path", f"{ad_read}/adapter",
+            args += ["--lora-name", "{{inputs.parameters.model}}" + adapter, "--lora-path", f"{ad_read}/adapter",
                      "--lora-stage-dir", f"{MODELS_MOUNT}/adapters/{{{{workflow.name}}}}"]
         return container_step(tname, "steps.query", args, st, ins, a_out, cpu="1", mem="1Gi", retry=True,
                               models=lora, metrics=("rows", "failed"), deadline=3 * 3600)
@@ -169,8 +191,47 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
                                ft_in + [Parameter(name="served-name")], port=serve_port + 1, patch=gpu_patch,
                                tolerations=bool(gpus), mounts=st.mounts())
 
-    ins, reads = st.inputs("data", "baseline", "finetuned", "finetune", "kb",
-                           *(("baseline-rag", "finetuned-rag") if rag else ()))
+    ja_in, ja_read = st.inp("finetuned")
+    j_out, j_path = st.out("judge", "judge")
+    judge = container_step("judge", "steps.judge",
+                           ["--answers", f"{ja_read}/answers.jsonl", "--out", j_path, "--judge", wp("judge"),
+                            "--judge-url", wp("judge-url"), "--served-model", inp("model"), "--served-url", inp("url"),
+                            "--limit", wp("judge-rows"), "--metrics", "answer_correctness,answer_relevancy",
+                            "--seed", wp("seed")],
+                           st, ja_in + [Parameter(name="url"), Parameter(name="model")], j_out, cpu="1",
+                           mem="3Gi", retry=True, env=[API_KEY], deadline=3 * 3600)
+
+    # cycles 2..N: probe the previous student, teach what it got wrong, train on the union, answer
+    cyc: dict[int, dict[str, Container]] = {}
+    for c in range(2, cycles + 1):
+        prev_adapter = "-ft" if c == 2 else f"-ft{c - 1}"
+        probe = answer(f"probe-{c}", True, adapter=prev_adapter, input_file="probe.jsonl")
+        p_in, p_read = st.inputs("data", "probe")
+        g_out, g_path = st.out(f"generate-{c}", "data")
+        gen_c = container_step(
+            f"generate-{c}", "steps.generate",
+            ["--previous", p_read["data"], "--probe", p_read["probe"], "--cycle", str(c),
+             "--out", g_path, "--teacher", wp("teacher"), "--url", wp("teacher-url"), "--served-url", inp("served-url"),
+             "--fact-questions", wp("fact-questions"), "--max-tokens", wp("answer-tokens"),
+             "--concurrency", wp("concurrency"), "--seed", wp("seed")],
+            st, p_in + [Parameter(name="served-url")], g_out, cpu="1", mem="2Gi", retry=True, env=[API_KEY],
+            metrics=("rows", "failed"), deadline=3 * 3600)
+        dc_in, dc_read = st.inp("data")
+        fc_out, fc_path = st.out(f"finetune-{c}", "finetune")
+        ft_c = container_step(
+            f"finetune-{c}", "steps.finetune",
+            ["--data", dc_read, "--out", fc_path, "--base-model", inp("model"),
+             "--method", wp("method"), "--max-steps", wp("steps"), "--r", wp("lora-r"),
+             "--learning-rate", wp("learning-rate"), "--batch-size", wp("batch-size"),
+             "--grad-accum", wp("grad-accum"), "--seed", wp("seed")],
+            st, dc_in + [Parameter(name="model")], fc_out, cpu="2", mem="12Gi", gpus=gpus, models=True,
+            deadline=12 * 3600, metrics=("last_loss", "tokens_per_s"))
+        cyc[c] = {"probe": probe, "generate": gen_c, "finetune": ft_c,
+                  "answer": answer(f"answer-finetuned-{c}", True, adapter=f"-ft{c}")}
+
+    cycle_names = [n for c in range(2, cycles + 1) for n in (f"data-{c}", f"finetuned-{c}", f"finetune-{c}")]
+    ins, reads = st.inputs("data", "baseline", "finetuned", "finetune", "kb", "judge",
+                           *(("baseline-rag", "finetuned-rag") if rag else ()), *cycle_names)
     rep_out, rep_path = st.out("evaluate", "report")
     for a in rep_out:
         a.archive = NoneArchiveStrategy()  # stored as files: the Argo UI opens report.html directly
@@ -178,10 +239,12 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
         "evaluate", "steps.evaluate",
         ["--data", reads["data"], "--baseline", reads["baseline"], "--finetuned", reads["finetuned"],
          "--finetune", reads["finetune"], "--kb", reads["kb"], "--out", rep_path,
-         "--teacher", inp("teacher"), "--student", wp("student"), "--seed", wp("seed")]
-        + (["--baseline-rag", reads["baseline-rag"], "--finetuned-rag", reads["finetuned-rag"]] if rag else []),
+         "--judge", reads["judge"], "--teacher", inp("teacher"), "--student", wp("student"), "--seed", wp("seed")]
+        + (["--baseline-rag", reads["baseline-rag"], "--finetuned-rag", reads["finetuned-rag"]] if rag else [])
+        + [a for c in range(2, cycles + 1) for a in ("--cycle-data", reads[f"data-{c}"], "--cycle-answers",
+                                                       reads[f"finetuned-{c}"], "--cycle-finetunes", reads[f"finetune-{c}"])],
         st, ins + [Parameter(name="teacher")], rep_out, cpu="2", mem="4Gi",
-        metrics=("diff", "finetuned", "baseline"), deadline=3 * 3600)
+        metrics=("diff", "finetuned", "baseline", "fact_diff", "fact_finetuned", "fact_baseline"), deadline=3 * 3600)
 
     served_url = "http://{{tasks.serve.ip}}:%d" % serve_port
     with Workflow(
@@ -236,7 +299,35 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
                               arguments=ft_args + [st.arg("index", "index")])
                 eval_args += [st.arg("answer-baseline-rag", "answers", "baseline-rag"),
                               st.arg("answer-finetuned-rag", "answers", "finetuned-rag")]
+            student = Parameter(name="model", value=wp("student"))
+            t_judge = Task(name="judge", template=judge,
+                           arguments=[st.arg("answer-finetuned", "answers", "finetuned"), student,
+                                      Parameter(name="url", value=served_url)])
+            eval_args.append(st.arg("judge", "judge"))
+            prev_data, prev_ft, prev_answer, cycle_tasks = "generate", "finetune", t_fta, []
+            for c, tpl in cyc.items():
+                t_probe = Task(name=f"probe-{c}", template=tpl["probe"],
+                               arguments=[st.arg(prev_data, "data"), st.arg(prev_ft, "finetune"), student,
+                                          Parameter(name="url", value=served_url)])
+                t_genc = Task(name=f"generate-{c}", template=tpl["generate"],
+                              arguments=[st.arg(prev_data, "data"), st.arg(f"probe-{c}", "answers", "probe"),
+                                         Parameter(name="served-url", value=served_url)])
+                t_ftc = Task(name=f"finetune-{c}", template=tpl["finetune"],
+                             arguments=[st.arg(f"generate-{c}", "data"), Parameter(name="model", value=student_path)])
+                t_ansc = Task(name=f"answer-finetuned-{c}", template=tpl["answer"],
+                              arguments=[st.arg(f"generate-{c}", "data"), st.arg(f"finetune-{c}", "finetune"), student,
+                                         Parameter(name="url", value=served_url)])
+                # one student at a time on the server: the probe waits for the previous answers
+                prev_answer >> t_probe >> t_genc >> t_ftc >> t_ansc
+                eval_args += [st.arg(f"generate-{c}", "data", f"data-{c}"),
+                              st.arg(f"answer-finetuned-{c}", "answers", f"finetuned-{c}"),
+                              st.arg(f"finetune-{c}", "finetune", f"finetune-{c}")]
+                prev_data, prev_ft, prev_answer = f"generate-{c}", f"finetune-{c}", t_ansc
+                cycle_tasks.append(t_ansc)
             t_eval = Task(name="evaluate", template=evaluate, arguments=eval_args)
+            t_fta >> t_judge >> t_eval
+            for t in cycle_tasks:
+                t >> t_eval
             t_check >> [t_prep, t_harvest, t_keys]
             t_prep >> t_serve
             [t_harvest, t_serve, t_keys] >> t_gen >> [t_base, t_ft]
@@ -251,7 +342,7 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
                 [t_index, t_fta] >> t_frag >> t_eval
         add_templates(wf, [check, memokeys, prepare, harvest, serve, generate, baseline, finetuned, finetune]
                       + ([serve_ft] if full else []) + ([index, baseline_rag, finetuned_rag] if rag else [])
-                      + [evaluate])
+                      + [judge] + [t for c in cyc.values() for t in c.values()] + [evaluate])
     return wf
 
 
@@ -269,6 +360,24 @@ def validate_params(params: dict[str, str], files: bool = True) -> dict[str, str
         raise ValueError(f"teacher {t!r} is not served by this workflow (it serves the student "
                          f"{values['student']!r}): set -p teacher={values['student']} for context distillation, "
                          "-p teacher-url=URL for a teacher served elsewhere, or -p teacher=openai:MODEL")
+    if values["judge"] and not values["judge"].startswith("openai:") and not values["judge-url"]:
+        raise ValueError(f"judge {values['judge']!r} needs -p judge-url=URL (the server that serves it), or use "
+                         "openai:MODEL, or leave judge empty to let the served student judge")
+    if int(values["cycles"]) > 1 and values["method"] == "full":
+        raise ValueError("cycles > 1 needs method lora or qlora: each cycle's student is an adapter loaded into "
+                         "the one server (a full fine-tune would need a server per cycle)")
+    if int(values["cycles"]) > 1 and int(values["fact-questions"]) == 0:
+        raise ValueError("cycles > 1 needs fact-questions > 0: later cycles teach the facts the student gets wrong")
     topics = [x.strip() for x in values["topics"].split(",") if x.strip()]
     validate_topics(topics)
+    if files:  # the sizes the topics can fill (reads the installed reference, a few seconds)
+        from steps.generate import check_plan
+
+        try:
+            check_plan(topics, num_questions=int(values["num-questions"]), heldout_unseen=int(values["heldout-unseen"]),
+                       heldout_paraphrase=int(values["heldout-paraphrase"]),
+                       fact_questions=int(values["fact-questions"]), heldout_facts=int(values["heldout-facts"]),
+                       seed=int(values["seed"]))
+        except FileNotFoundError:
+            pass  # no reference installed here: the generate node checks the same on its knowledge base
     return values
