@@ -325,7 +325,10 @@ def _judge_block(folder: str | None) -> dict | None:
     if not p.exists():
         raise FileNotFoundError(f"judge folder {folder} has no summary.json; re-run the judge step")
     j = json.loads(p.read_text())
-    return {"judge": j.get("judge"), "strength": j.get("judge_strength"),
+    who = j.get("judge") or {}
+    st = j.get("judge_strength") or {}
+    return {"judge": who.get("model"), "url": who.get("url"), "path": who.get("path"),
+            "strength": "weak" if st.get("weak") else "ok", "calibration": st,
             "metrics": {k: {kk: v.get(kk) for kk in ("mean", "n_scored", "n_failed", "ci95")}
                         for k, v in (j.get("metrics") or {}).items()}}
 
@@ -505,10 +508,13 @@ def _judge_md(r: dict) -> list[str]:
     j = r.get("judge")
     if not j:
         return []
-    lines = ["## Judge", "", f"Judge: {j['judge']} ({j['strength']})."]
+    cal = j.get("calibration") or {}
+    lines = ["## Judge", "", f"Judge: {j['judge']}" + (f" at {j['url']}" if j.get("url") else "")
+             + f", through {j.get('path')}. Calibration: agreed with {cal.get('agreed')} of {cal.get('cases')} "
+             f"hand-labelled cases ({cal.get('scored')} scored; agreement {_pct(cal.get('agreement'))}, weak below "
+             f"{cal.get('threshold')})."]
     if j["strength"] == "weak":
-        lines.append("**This judge failed its calibration cases: treat its scores as a check of the path, not of "
-                     "the answers.**")
+        lines.append(f"**Weak judge:** {cal.get('warning') or 'its calibration agreement is low'}")
     for k, v in j["metrics"].items():
         ci = v.get("ci95") or [None, None]
         lines.append(f"- {k} of the fine-tuned answers: {_fmt(v.get('mean'))} "

@@ -57,9 +57,17 @@ def test_evaluate_leads_with_factual_accuracy_and_counts_stopping(tmp_path):
             for i, h in enumerate(held)]
     ft = [{"id": h["id"], "answer": f"It is {h['fact_answer']}." if i not in (3, 9) else "It is an integer.",
            "finish_reason": "stop"} for i, h in enumerate(held)]
+    judge = tmp_path / "judge"
+    judge.mkdir()
+    (judge / "summary.json").write_text(json.dumps({
+        "judge": {"model": "smollm2-135m", "url": "http://127.0.0.1:8000", "path": "ragas + json_schema"},
+        "judge_strength": {"cases": 10, "scored": 8, "agreed": 5, "agreement": 0.625, "threshold": 0.8, "weak": True,
+                           "warning": "The judge smollm2-135m is weak: it agreed with 5 of 8"},
+        "metrics": {"answer_correctness": {"mean": 0.4, "n_scored": 1, "n_failed": 0, "ci95": [0.4, 0.4]}}}))
     out = tmp_path / "report"
     evaluate.run(evaluate.EvaluateConfig(data=str(data), baseline=_answers(tmp_path / "b", base),
-                                         finetuned=_answers(tmp_path / "f", ft), out=str(out), bootstrap=500))
+                                         finetuned=_answers(tmp_path / "f", ft), out=str(out), bootstrap=500,
+                                         judge=str(judge)))
     r = json.loads((out / "report.json").read_text())
     para = r["facts"]["by_split"]["fact_paraphrase"]
     assert para["n"] == 8 and para["accuracy"]["baseline"] == 2 / 8 and para["accuracy"]["finetuned"] == 7 / 8
@@ -73,3 +81,5 @@ def test_evaluate_leads_with_factual_accuracy_and_counts_stopping(tmp_path):
     md = (out / "report.md").read_text()
     assert md.index("## Factual accuracy") < md.index("## Do the students stop?") < md.index("## Similarity")
     assert "left out of training: 3" in md
+    assert r["judge"]["judge"] == "smollm2-135m" and r["judge"]["strength"] == "weak"
+    assert "**Weak judge:** The judge smollm2-135m is weak" in md and "answer_correctness of the fine-tuned answers: 0.400" in md

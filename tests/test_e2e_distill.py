@@ -134,6 +134,10 @@ def _check_facts_judge_and_cycles(out: Path, report: dict) -> None:
     assert j["judge"] and j["strength"] in ("weak", "ok") and set(j["metrics"]) == {"answer_correctness", "answer_relevancy"}
     summary = json.loads((out / "nodes/judge/artifacts/judge/summary.json").read_text())
     assert summary["judge"] == j["judge"]
+    scores = [json.loads(line) for line in (out / "nodes/judge/artifacts/judge/scores.jsonl").read_text().splitlines()]
+    replies = [c for s in scores for d in s["details"].values() for c in d["replies"]]
+    # structured outputs: every reply fits RAGAS's schema, unless the server cut it at max_tokens
+    assert replies and all(c["valid"] or c["finish_reason"] == "length" for c in replies), replies
     # cycle 2: probed with cycle 1's adapter, taught what it got wrong, trained on the union, measured
     probe = [json.loads(line) for line in
              (out / "nodes/probe-2/artifacts/answers/answers.jsonl").read_text().splitlines()]

@@ -77,7 +77,7 @@ def test_unseen_documents_span_topics_not_whole_topics(tmp_path, server):
     harvest.validate_topics = lambda v: ["all"]  # synthetic topic names
     try:
         cfg = generate.GenerateConfig(kb=str(kb), out=str(tmp_path / "d"), teacher="t", url=server.url,
-                                      num_questions=60, heldout_unseen=15, heldout_paraphrase=0, retries=3,
+                                      num_questions=60, heldout_unseen=15, heldout_paraphrase=0, fact_questions=0, retries=3,
                                       timeout_s=5)
     finally:
         harvest.validate_topics = orig

@@ -258,8 +258,7 @@ def test_template_without_limits(doc, cpu):
 
 def test_network_heuristic_finds_exactly_the_model_callers(doc):
     reasons = network_reasons(doc["spec"])
-    assert set(reasons) == {"generate", "answer-baseline", "answer-finetuned", "answer-baseline-rag",
-                            "answer-finetuned-rag"}
+    assert set(reasons) == {"generate", "answer-baseline", "answer-finetuned", "judge"}
     assert "argument --url" in reasons["generate"] and "argument --served-url" in reasons["generate"]
     assert any("passes it the address {{tasks.serve.ip}} of 'serve'" in r for r in reasons["answer-baseline"])
 

@@ -197,7 +197,8 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
                            ["--answers", f"{ja_read}/answers.jsonl", "--out", j_path, "--judge", wp("judge"),
                             "--judge-url", wp("judge-url"), "--served-model", inp("model"), "--served-url", inp("url"),
                             "--limit", wp("judge-rows"), "--metrics", "answer_correctness,answer_relevancy",
-                            "--seed", wp("seed")],
+                            # RAGAS's replies for these metrics are short JSON; a cap bounds a rambling small judge
+                            "--max-tokens", "256", "--seed", wp("seed")],
                            st, ja_in + [Parameter(name="url"), Parameter(name="model")], j_out, cpu="1",
                            mem="3Gi", retry=True, env=[API_KEY], deadline=3 * 3600)
 
