@@ -28,7 +28,7 @@ import os
 import time
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from steps import models
 from steps.facts import distinct_n, fact_correct, token_f1
@@ -50,11 +50,16 @@ class EvaluateConfig(BaseModel):
     teacher: str | None = Field(None, description="teacher description for the report")
     student: str | None = Field(None, description="student description for the report")
     cycle_data: list[str] = Field(default_factory=list, description="generate folders of cycles 2..N (cycle mode), "
-                                  "in order")
+                                  "in order (comma-separated on the command line)")
     cycle_answers: list[str] = Field(default_factory=list, description="query folders: the fine-tuned student of "
                                      "cycles 2..N on the held-out questions, in order")
     cycle_finetunes: list[str] = Field(default_factory=list, description="finetune folders of cycles 2..N, in order")
     judge: str | None = Field(None, description="steps.judge folder that scored the fine-tuned answers (optional)")
+
+    @field_validator("cycle_data", "cycle_answers", "cycle_finetunes", mode="before")
+    @classmethod
+    def _split(cls, v):
+        return [x for x in v.split(",") if x] if isinstance(v, str) else v
     metrics_dir: str | None = Field(None, description="write summary numbers here, one file each (Argo output parameters)")
 
 

@@ -242,8 +242,9 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
          "--finetune", reads["finetune"], "--kb", reads["kb"], "--out", rep_path,
          "--judge", reads["judge"], "--teacher", inp("teacher"), "--student", wp("student"), "--seed", wp("seed")]
         + (["--baseline-rag", reads["baseline-rag"], "--finetuned-rag", reads["finetuned-rag"]] if rag else [])
-        + [a for c in range(2, cycles + 1) for a in ("--cycle-data", reads[f"data-{c}"], "--cycle-answers",
-                                                       reads[f"finetuned-{c}"], "--cycle-finetunes", reads[f"finetune-{c}"])],
+        + (["--cycle-data", ",".join(reads[f"data-{c}"] for c in range(2, cycles + 1)),
+            "--cycle-answers", ",".join(reads[f"finetuned-{c}"] for c in range(2, cycles + 1)),
+            "--cycle-finetunes", ",".join(reads[f"finetune-{c}"] for c in range(2, cycles + 1))] if cycles > 1 else []),
         st, ins + [Parameter(name="teacher")], rep_out, cpu="2", mem="4Gi",
         metrics=("diff", "finetuned", "baseline", "fact_diff", "fact_finetuned", "fact_baseline"), deadline=3 * 3600)
 
