@@ -503,9 +503,10 @@ def _cycles_md(r: dict) -> list[str]:
     for c in cy:
         b = c["by_split"]
         probe = "" if c.get("probe") is None else f"{c['probe_correct']}/{c['probe']}"
+        whole = b.get("all") or {}
         lines.append(f"| {c['cycle']} | {c['train']} | {c['new_train']} | {probe or 'n/a'} | "
                      + " | ".join(_pct(b[s]['accuracy']) if s in b else "n/a" for s in FACT_SPLITS)
-                     + f" | {_ci(b['all']['minus_baseline'])} | {_ci(b['all'].get('minus_previous'))} |")
+                     + f" | {_ci(whole.get('minus_baseline'))} | {_ci(whole.get('minus_previous'))} |")
     return lines + [""]
 
 

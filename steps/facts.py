@@ -127,7 +127,11 @@ def fact_correct(fact: str, answer: str, response: str) -> bool:
     text = response or ""
     if fact == "type":
         hits = [t for t, pat in _TYPE_SYNONYMS.items() if re.search(pat, text, re.I)]
-        return answer in hits and len(hits) == 1 or (answer == "list of strings" and "list of strings" in hits)
+        # "list of strings" and "map of strings to strings" also name "string": the longer name decides
+        compound = [t for t in ("list of strings", "map of strings to strings") if t in hits]
+        if compound:
+            return answer in compound and len(compound) == 1
+        return answer in hits and len(hits) == 1
     if fact == "required":
         optional = bool(_NEGATED_REQUIRED.search(text))
         required = bool(re.search(r"\brequired\b|\bmust be (?:set|given|specified|present)\b|\bmandatory\b", text, re.I))
@@ -201,8 +205,8 @@ def fact_splits(docs: list[dict], n_train: int, n_held: int, seed: int, max_char
             continue
         ctx, stated = fact_context(d, max_chars)
         for fact in facts:
-            if fact not in stated:
-                continue
+            if not (stated.get(fact) or "").strip():
+                continue  # not stated, or stated as an empty default (an empty answer matches any reply)
             combos = [(t, n) for t in range(len(TEMPLATES[fact])) for n in NAMINGS]
             rng.shuffle(combos)
             items.append({"doc": d, "fact": fact, "answer": stated[fact], "context": ctx, "combos": combos})
@@ -210,7 +214,7 @@ def fact_splits(docs: list[dict], n_train: int, n_held: int, seed: int, max_char
     def row(it: dict, combo: tuple[int, str], split: str) -> dict:
         d, (t, naming) = it["doc"], combo
         q = TEMPLATES[it["fact"]][t].format(s=subject(d["title"], naming))
-        return {"id": f"{split}:{d['id']}:{it['fact']}:{t}{naming[0]}", "split": split, "doc_id": d["id"],
+        return {"id": f"{split}:{d['id']}:{it['fact']}:{t}{naming}", "split": split, "doc_id": d["id"],
                 "fact": it["fact"], "answer": it["answer"], "question": q[:1].upper() + q[1:], "wording": t,
                 "naming": naming, "title": d["title"], "kind": d["kind"], "topic": d.get("topic"),
                 "context": it["context"]}
@@ -252,11 +256,16 @@ def fact_splits(docs: list[dict], n_train: int, n_held: int, seed: int, max_char
         para = next((c for c in it["combos"][1:] if c[0] != first[0] and c[1] != first[1]), None)
         if para is not None:
             out["fact_paraphrase"].append(row(it, para, "fact_paraphrase"))
-        out["pool"] += [{**row(it, c, "pool"), "origin": "trained"} for c in it["combos"][1:] if c != para]
+        # later cycles may train on these: none shares the held-out paraphrase's template or naming
+        out["pool"] += [{**row(it, c, "pool"), "origin": "trained"} for c in it["combos"][1:]
+                        if para is None or (c[0] != para[0] and c[1] != para[1])]
     out["fact_unseen"] = [row(it, it["combos"][0], "fact_unseen") for it in unseen]
     out["fact_unseen_kind"] = [row(it, it["combos"][0], "fact_unseen_kind")
                                for it in rng.sample(unseen_kind, n_held)]
-    out["pool"] += [{**row(it, it["combos"][0], "pool"), "origin": "new"} for it in others[n_held:][:max_new]]
+    # new facts for later cycles: never of a document that a held-out unseen fact comes from
+    unseen_docs = {it["doc"]["id"] for it in unseen}
+    new = [it for it in others[n_held:] if it["doc"]["id"] not in unseen_docs]
+    out["pool"] += [{**row(it, it["combos"][0], "pool"), "origin": "new"} for it in new[:max_new]]
     return out
 
 

@@ -236,7 +236,7 @@ def fact_answer_problem(text: str) -> str | None:
 
 def fact_train_row(r: dict, answer: str, cycle: int) -> dict:
     keep = ("doc_id", "topic", "title", "kind", "fact", "question", "wording", "naming")
-    return {"id": f"train{'' if cycle == 1 else f'-c{cycle}'}:{r['doc_id']}:{r['fact']}:{r['wording']}{r['naming'][0]}",
+    return {"id": f"train{'' if cycle == 1 else f'-c{cycle}'}:{r['doc_id']}:{r['fact']}:{r['wording']}{r['naming']}",
             **{k: r[k] for k in keep}, "fact_answer": r["answer"], "answer": answer, "question_source": "fact",
             "cycle": cycle, "context": r["context"]}
 
@@ -252,7 +252,12 @@ def make_probe(train: list[dict], pool: list[dict], n_new: int) -> list[dict]:
             seen.add(key)
             probe.append(p)
     new = [p for p in pool if p["origin"] == "new" and (p["doc_id"], p["fact"]) not in trained][:n_new]
-    return probe + new
+    if probe or new:
+        return probe + new
+    # nothing unused left: ask the trained facts in their training wording
+    return [{**{k: r[k] for k in ("doc_id", "fact", "question", "wording", "naming", "title", "kind", "topic",
+                                  "context")}, "id": "probe:" + r["id"], "answer": r["fact_answer"], "origin": "trained",
+             "split": "pool"} for r in train if r.get("fact")]
 
 
 def run_cycle(cfg: GenerateConfig) -> dict:

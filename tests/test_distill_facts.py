@@ -83,3 +83,17 @@ def test_evaluate_leads_with_factual_accuracy_and_counts_stopping(tmp_path):
     assert "left out of training: 3" in md
     assert r["judge"]["judge"] == "smollm2-135m" and r["judge"]["strength"] == "weak"
     assert "**Weak judge:** The judge smollm2-135m is weak" in md and "answer_correctness of the fine-tuned answers: 0.400" in md
+
+
+def test_cycles_table_without_fact_questions_says_n_a():
+    md = evaluate._cycles_md({"cycles": [{"cycle": 1, "train": 3, "new_train": 3, "probe": None, "by_split": {}},
+                                         {"cycle": 2, "train": 5, "new_train": 2, "probe": 4, "probe_correct": 1,
+                                          "by_split": {}}]})
+    assert "| 2 | 5 | 2 | 1/4 | n/a | n/a | n/a | n/a | n/a |" in md
+
+
+def test_probe_falls_back_to_the_training_wording_when_nothing_unused_is_left():
+    train = [{"id": "train:a:type:0path", "doc_id": "a", "fact": "type", "fact_answer": "string", "question": "q?",
+              "wording": 0, "naming": "path", "title": "A.x", "kind": "A", "topic": "t", "context": "A.x: ..."}]
+    probe = generate.make_probe(train, [], 4)
+    assert [p["id"] for p in probe] == ["probe:train:a:type:0path"] and probe[0]["answer"] == "string"

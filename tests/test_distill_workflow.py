@@ -121,10 +121,16 @@ def test_planted_mistakes_fail_lint(plant, expect):
     ("stepz=3", "unknown parameter(s) ['stepz']"),
     ("teacher=gemma3-270m", "is not served by this workflow"),
     ("heldout-paraphrase=500", "cannot exceed num-questions"),
+    ("cycles=2 heldout-facts=0", "cycles > 1 needs fact-questions > 0 and heldout-facts > 0"),
+    ("cycles=2 method=full", "cycles > 1 needs method lora or qlora"),
+    ("cycles=6", "cycles='6': Input should be less than or equal to 5"),
+    ("topics=storage-volumes fact-questions=400", "widen the topics"),
+    ("judge=big-model", "needs -p judge-url=URL"),
 ])
 def test_bad_parameters_fail_before_any_work(tmp_path, param, msg):
     out = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-m", "workflows.cli", "run", "distill", "-p", param, "--out", str(out)],
+    ps = [a for p in param.split() for a in ("-p", p)]
+    r = subprocess.run([sys.executable, "-m", "workflows.cli", "run", "distill", *ps, "--out", str(out)],
                        capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode != 0
     assert msg in r.stderr, r.stderr

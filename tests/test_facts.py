@@ -134,3 +134,24 @@ def test_token_f1_and_distinct_n():
     assert facts.distinct_n("string") is None
     assert facts.answer_sentence({"title": "CronJob.spec.schedule", "fact": "type", "answer": "string"}) == \
         "`CronJob.spec.schedule` is a string."
+
+
+def test_compound_types_and_empty_defaults():
+    assert facts.fact_correct("type", "map of strings to strings", "`Pod.metadata.labels` is a map of strings to strings.")
+    assert not facts.fact_correct("type", "string", "It is a map of strings to strings.")
+    assert facts.fact_correct("type", "list of strings", "It is a list of strings.")
+    assert not facts.fact_correct("type", "map of strings to strings", "It is a list of strings.")
+
+
+def test_no_empty_answer_ids_unique_and_pool_clear_of_held_out_documents_and_wordings(ref_docs):
+    s = facts.fact_splits(ref_docs, 64, 24, seed=0)
+    rows = [r for k in s for r in s[k]]
+    assert all(r["answer"].strip() for r in rows)
+    for k in s:
+        assert len({r["id"] for r in s[k]}) == len(s[k]), k
+    unseen_docs = {r["doc_id"] for r in s["fact_unseen"]}
+    assert not {r["doc_id"] for r in s["pool"]} & unseen_docs
+    para = {(r["doc_id"], r["fact"]): r for r in s["fact_paraphrase"]}
+    for r in s["pool"]:
+        p = para.get((r["doc_id"], r["fact"]))
+        assert p is None or (r["wording"] != p["wording"] and r["naming"] != p["naming"])

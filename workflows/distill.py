@@ -368,18 +368,19 @@ def validate_params(params: dict[str, str], files: bool = True) -> dict[str, str
     if int(values["cycles"]) > 1 and values["method"] == "full":
         raise ValueError("cycles > 1 needs method lora or qlora: each cycle's student is an adapter loaded into "
                          "the one server (a full fine-tune would need a server per cycle)")
-    if int(values["cycles"]) > 1 and int(values["fact-questions"]) == 0:
-        raise ValueError("cycles > 1 needs fact-questions > 0: later cycles teach the facts the student gets wrong")
+    if int(values["cycles"]) > 1 and (int(values["fact-questions"]) == 0 or int(values["heldout-facts"]) == 0):
+        raise ValueError("cycles > 1 needs fact-questions > 0 and heldout-facts > 0: later cycles teach the facts "
+                         "the student gets wrong and are measured on the held-out facts")
     topics = [x.strip() for x in values["topics"].split(",") if x.strip()]
     validate_topics(topics)
-    if files:  # the sizes the topics can fill (reads the installed reference, a few seconds)
-        from steps.generate import check_plan
+    # the sizes the topics can fill: reads the installed reference (a few seconds; the steps image has it,
+    # so a cluster's check node refuses them too)
+    from steps.generate import check_plan
 
-        try:
-            check_plan(topics, num_questions=int(values["num-questions"]), heldout_unseen=int(values["heldout-unseen"]),
-                       heldout_paraphrase=int(values["heldout-paraphrase"]),
-                       fact_questions=int(values["fact-questions"]), heldout_facts=int(values["heldout-facts"]),
-                       seed=int(values["seed"]))
-        except FileNotFoundError:
-            pass  # no reference installed here: the generate node checks the same on its knowledge base
+    try:
+        check_plan(topics, num_questions=int(values["num-questions"]), heldout_unseen=int(values["heldout-unseen"]),
+                   heldout_paraphrase=int(values["heldout-paraphrase"]), fact_questions=int(values["fact-questions"]),
+                   heldout_facts=int(values["heldout-facts"]), seed=int(values["seed"]))
+    except FileNotFoundError:
+        pass  # no reference installed here: the generate node checks the same on its knowledge base
     return values
