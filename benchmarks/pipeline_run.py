@@ -20,7 +20,8 @@ from pathlib import Path
 
 from benchmarks.record import REPO, Run
 
-KEEP = {"distill": ("verdict", "overall", "by_split", "sizes", "timings_s", "node_timings_s"),
+KEEP = {"distill": ("verdict", "similarity_verdict", "facts", "stopping", "cycles", "judge", "overall", "by_split",
+                    "sizes", "timings_s", "node_timings_s"),
         "rag": ("verdict", "overall", "by_fact", "retrieval", "judge", "model", "rag"),
         "nli": ("verdict", "overall", "sizes", "node_timings_s"),
         "experiment": ()}

@@ -182,7 +182,7 @@ def run(cfg: EvaluateConfig) -> dict:
             out["four_way"] = {k: {"mean": _mean([r[k] for r in sel]),
                                    "minus_baseline": None if k == "baseline" else paired_bootstrap(
                                        [r[k] - r["baseline"] for r in sel], cfg.bootstrap, cfg.seed)}
-                               for k in systems}
+                               for k in ("baseline", "finetuned", "baseline_rag", "finetuned_rag")}
             out["finetuned_rag_minus_finetuned"] = paired_bootstrap(
                 [r["finetuned_rag"] - r["finetuned"] for r in sel], cfg.bootstrap, cfg.seed)
             known = [r["source_retrieved"] for r in sel if r.get("source_retrieved") is not None]
