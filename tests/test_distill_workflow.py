@@ -126,6 +126,7 @@ def test_planted_mistakes_fail_lint(plant, expect):
     ("cycles=6", "cycles='6': Input should be less than or equal to 5"),
     ("topics=storage-volumes fact-questions=400", "widen the topics"),
     ("judge=big-model", "needs -p judge-url=URL"),
+    ("answer-tokens=16", "use 32 or more"),
 ])
 def test_bad_parameters_fail_before_any_work(tmp_path, param, msg):
     out = tmp_path / "run"

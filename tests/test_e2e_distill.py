@@ -167,7 +167,7 @@ def test_distill_full_finetune_answers_from_the_merged_model(tmp_path, cache_dir
     env = {**os.environ, "KUBELLM_CACHE": str(cache_dir)}
     cmd = [sys.executable, "-m", "workflows.cli", "run", "distill", "--out", str(out), "--serve-port", str(port),
            "-p", "method=full", "-p", "num-questions=4", "-p", "heldout-unseen=2", "-p", "heldout-paraphrase=2",
-           "-p", "steps=2", "-p", "answer-tokens=16", "-p", "topics=pods-containers", "-p", "fact-questions=4",
+           "-p", "steps=2", "-p", "answer-tokens=32", "-p", "topics=pods-containers", "-p", "fact-questions=4",
            "-p", "heldout-facts=2", "-p", "judge-rows=1"]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

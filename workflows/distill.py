@@ -362,6 +362,9 @@ def validate_params(params: dict[str, str], files: bool = True) -> dict[str, str
         raise ValueError(f"teacher {t!r} is not served by this workflow (it serves the student "
                          f"{values['student']!r}): set -p teacher={values['student']} for context distillation, "
                          "-p teacher-url=URL for a teacher served elsewhere, or -p teacher=openai:MODEL")
+    if int(values["answer-tokens"]) < 32:
+        raise ValueError(f"answer-tokens={values['answer-tokens']} leaves a teacher no room to finish an answer: answers "
+                         "cut at the limit are not trained on (they teach a student to run on), so use 32 or more")
     if values["judge"] and not values["judge"].startswith("openai:") and not values["judge-url"]:
         raise ValueError(f"judge {values['judge']!r} needs -p judge-url=URL (the server that serves it), or use "
                          "openai:MODEL, or leave judge empty to let the served student judge")
