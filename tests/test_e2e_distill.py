@@ -168,7 +168,10 @@ def test_distill_full_finetune_answers_from_the_merged_model(tmp_path, cache_dir
     cmd = [sys.executable, "-m", "workflows.cli", "run", "distill", "--out", str(out), "--serve-port", str(port),
            "-p", "method=full", "-p", "num-questions=4", "-p", "heldout-unseen=2", "-p", "heldout-paraphrase=2",
            "-p", "steps=2", "-p", "answer-tokens=32", "-p", "topics=pods-containers", "-p", "fact-questions=4",
-           "-p", "heldout-facts=2", "-p", "judge-rows=1"]
+           "-p", "heldout-facts=2", "-p", "judge-rows=1",
+           # a full fine-tune moves every weight: at LoRA's 2e-4 two steps on one-sentence targets left a
+           # student that answered with nothing; full fine-tuning wants a smaller rate
+           "-p", "learning-rate=2e-5"]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     ft = out / "nodes/finetune/artifacts/finetune"
@@ -176,9 +179,7 @@ def test_distill_full_finetune_answers_from_the_merged_model(tmp_path, cache_dir
     assert _status(out, "serve-finetuned").get("phase") == "Succeeded"
     ans = [json.loads(line) for line in
            (out / "nodes/answer-finetuned/artifacts/answers/answers.jsonl").read_text().splitlines()]
-    # two full-model steps may leave a student that answers little or nothing; every row is still its answer
-    assert ans and {a["model"] for a in ans} == {"smollm2-135m-ft"} and any(a["answer"] for a in ans)
-    assert all(a["finish_reason"] in ("stop", "length") and a["answer"] is not None for a in ans)
+    assert ans and {a["model"] for a in ans} == {"smollm2-135m-ft"} and all(a["answer"] for a in ans)
     report = json.loads((out / "report.json").read_text())
     assert len(report["per_question"]) == len(ans)
     assert port_free(port), "a model server outlived the run"
