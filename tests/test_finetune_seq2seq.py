@@ -91,7 +91,7 @@ def test_lora_trains_and_its_folders_load_as_seq2seq(lora, t5):
     per_step = sum(len(pair_text(p, h).split()) + 1 + 2 for p, h, _ in ROWS)
     assert counts["train_tokens"] == STEPS * per_step and counts["tokens_per_s"] > 0
     assert counts["peak_rss_mb"] > 0
-    assert sorted(p.name for p in out.iterdir()) == ["adapter", "loss.jsonl", "manifest.json", "merged",
+    assert sorted(p.name for p in out.iterdir()) == ["adapter", "batches.jsonl", "loss.jsonl", "manifest.json", "merged",
                                                      "train_config.json"]  # checkpoints/ removed
     losses = [json.loads(line) for line in (out / "loss.jsonl").read_text().splitlines()]
     assert [r["step"] for r in losses] == list(range(1, STEPS + 1))
