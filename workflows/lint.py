@@ -2,7 +2,7 @@
 
     kubellm lint distill.yaml            # these checks and the cluster checks; one problem per line
 
-Three kinds of checks:
+Four kinds of checks:
   - Argo's own validation rules (workflows/argo/rules.py): what `argo lint` or `argo submit` refuses;
   - schema: the document is validated with Hera's generated Argo models (`hera.workflows.models`)
     after every model is switched to `extra="forbid"`, so a misspelt key (`container.comand`) is an
@@ -11,7 +11,9 @@ Three kinds of checks:
     templates, `depends`/`dependencies` and cycles, `{{tasks.X.outputs...}}` (X is an ancestor of the
     task and declares that output), `{{inputs...}}`, `{{outputs...}}`, `{{workflow.parameters.X}}`,
     arguments against the template's inputs, volume mounts, output parameters' `valueFrom`, enums
-    (workflows.refs walks them, for the local runner too).
+    (workflows.refs walks them, for the local runner too);
+  - objects that resource templates create, where kubellm knows their schema: a Kubeflow Trainer
+    TrainJob is validated with the kubeflow-trainer-api models (workflows/trainjob.py).
 
 Every problem names the source and the field path:
     distill.yaml: spec.templates[2].dag.tasks[4].depends: unknown task 'finetun' (tasks are ...)
@@ -37,12 +39,12 @@ from workflows.argo import conditions
 from workflows.argo.rules import argo_problems
 from workflows.k8s_objects import kubectl_path, load_k8s_objects, load_required_secrets
 from workflows.lint_cluster import CLUSTER_CHECKS, lint_cluster, network_reasons
-from workflows.refs import Use, WorkflowRefs
+from workflows.refs import Use, WorkflowRefs, spec_templates
 
 # what `kubellm lint` uses; the cluster checks and their objects live in their own modules
 __all__ = ["CLUSTER_CHECKS", "forbid_extra_fields", "kubectl_path", "lint_cluster", "lint_cluster_file", "lint_file",
-           "lint_workflow", "load_k8s_objects", "load_required_secrets", "network_reasons", "reference_problems",
-           "schema_problems"]
+           "lint_workflow", "load_k8s_objects", "load_required_secrets", "manifest_problems", "network_reasons",
+           "reference_problems", "schema_problems"]
 
 _PYDANTIC_ATTRS = ("__pydantic_core_schema__", "__pydantic_validator__", "__pydantic_serializer__",
                    "__pydantic_complete__")
@@ -290,6 +292,33 @@ def _enum_problem(p: dict, where: str) -> list[str]:
     return []
 
 
+def manifest_problems(doc: dict) -> list[str]:
+    """Objects that resource templates create, checked against their own schema where kubellm knows it:
+    a Kubeflow Trainer TrainJob (workflows.trainjob.validate_trainjob). The manifest is read before Argo
+    substitutes it, so `{{...}}` values are strings: fine in string fields, reported in integer ones."""
+    from workflows.trainjob import GROUP, is_trainjob, validate_trainjob
+
+    spec = doc.get("spec") if isinstance(doc, dict) else None
+    if not isinstance(spec, dict):
+        return []
+    problems = []
+    for t in spec_templates(spec):
+        text = (t.body.get("resource") or {}).get("manifest")
+        if not isinstance(text, str) or GROUP not in text:
+            continue
+        where = f"{t.path}.resource.manifest"
+        try:
+            obj = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            problems.append(f"{where}: not YAML until Argo substitutes it, so it cannot be checked: write "
+                            "integers at compile time and quote placeholders in strings "
+                            f"({' '.join(str(e).split())})")
+            continue
+        if is_trainjob(obj):
+            problems += [f"{where}: {p}" for p in validate_trainjob(obj)]
+    return problems
+
+
 def lint_workflow(doc: dict, source: str = "<workflow>") -> list[str]:
     """Problems of a rendered Workflow, each "<source>: <field path>: <what is wrong>"."""
     if not isinstance(doc, dict):
@@ -313,6 +342,7 @@ def lint_workflow(doc: dict, source: str = "<workflow>") -> list[str]:
     problems += schema_problems(doc)
     problems += reference_problems(doc)
     problems += argo_problems(doc)
+    problems += manifest_problems(doc)
     return [f"{source}: {p}" for p in dict.fromkeys(problems)]
 
 

@@ -35,7 +35,7 @@ SUPPORTED: dict[str, dict[str, str | None]] = {
                  "parallelism": None, "podSpecPatch": None, "resource": "resource"},
     # a resource template acts on the local cluster (localcluster.py)
     "resource": {"action": None, "manifest": None, "mergeStrategy": None, "successCondition": None,
-                 "failureCondition": None},
+                 "failureCondition": None, "setOwnerReference": None},
     "container": {"command": None, "args": None, "env": "[env]", "workingDir": None,
                   "volumeMounts": "[mount]", "readinessProbe": "probe"},
     "env": {"name": None, "value": None, "valueFrom": "env-source"},
@@ -263,10 +263,26 @@ def _check_fields(value: Any, kind: str, path: str, problems: list[str], volumes
 
 def _check_resource(t: dict, tp: str) -> list[str]:
     from workflows.argo import conditions
-    from workflows.runner.localcluster import ACTIONS, MERGE_STRATEGIES
+    from workflows.runner.localcluster import ACTIONS, KINDS, MERGE_STRATEGIES
 
     problems = []
     r = t.get("resource") or {}
+    # the object, when its manifest reads as YAML before substitution (else the run reads it after)
+    try:
+        obj = yaml.safe_load(r.get("manifest") or "")
+    except yaml.YAMLError:
+        obj = None
+    kind = (obj.get("apiVersion"), obj.get("kind")) if isinstance(obj, dict) else (None, None)
+    if all(isinstance(k, str) and "{{" not in k for k in kind) and kind not in KINDS:
+        problems.append(f"{tp}.resource.manifest: {kind[0]} {kind[1]} cannot run locally (the local cluster emulates "
+                        f"{', '.join(f'{v} {k}' for v, k in KINDS)}; docs/runner.md)")
+    if kind[1] == "TrainJob" and kind in KINDS:
+        from workflows.trainjob import validate_trainjob
+
+        problems += [f"{tp}.resource.manifest: {p}" for p in validate_trainjob(obj)]
+    if r.get("setOwnerReference") and kind[1] != "TrainJob":
+        problems.append(f"{tp}.resource.setOwnerReference: not supported by the local runner for a {kind[1] or 'manifest'} "
+                        "(objects of the local cluster outlive the run; only a TrainJob's nodes end with it)")
     if r.get("action") not in ACTIONS:
         problems.append(f"{tp}.resource.action: {r.get('action')!r} is not supported by the local runner "
                         f"(supported: {', '.join(ACTIONS)})")
