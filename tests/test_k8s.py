@@ -112,6 +112,15 @@ def test_check_script_passes_on_the_repo(k8s_venv):
     assert re.search(r"^-- \d+ target\(s\), 0 problem\(s\)", r.stdout, re.M)
     # what it could not validate (CRDs) is said, not silently passed
     assert "skipped  PodMonitor kubellm-vllm (monitoring.coreos.com/v1): CRD, no offline schema" in r.stdout
+    # Kueue's kinds have schemas derived from its CRDs (scripts/crd-schemas): checked, not skipped,
+    # alone and inside the gpu overlay
+    queueing = ("  crd      ok: 7 object(s) against scripts/crd-schemas, strict: ClusterQueue (kueue.x-k8s.io/v1beta2), "
+                "LocalQueue (kueue.x-k8s.io/v1beta2), ResourceFlavor (kueue.x-k8s.io/v1beta2), "
+                "WorkloadPriorityClass (kueue.x-k8s.io/v1beta2)")
+    for target in ("k8s/queueing", "k8s/overlays/gpu"):
+        section = r.stdout.split(f"== {target}\n", 1)[1].split("\n== ", 1)[0]
+        assert queueing in section.splitlines(), section
+    assert "kueue.x-k8s.io" not in "".join(l for l in r.stdout.splitlines() if l.startswith("  skipped"))
     # the one checkov skip is printed with its reason
     assert "skipped  CKV_K8S_43 on Deployment.kubellm.minio: pinned by release tag" in r.stdout
 
@@ -147,8 +156,8 @@ def test_check_script_names_the_source_file_inside_a_kustomization(k8s_venv, tmp
     lines = [line.replace(src, "objects.yaml") for line in fail_lines(r.stdout)]
     assert lines == [
         "objects.yaml: schema: configmap/typo: metadata: Additional properties are not allowed ('lables' was unexpected)",
-        "objects.yaml: schema: unknown kind ConfigMapp in v1 (not in Kubernetes 1.28.0 nor a known CRD group "
-        "['argoproj.io', 'monitoring.coreos.com'])",
+        "objects.yaml: schema: unknown kind ConfigMapp in v1 (not in Kubernetes 1.28.0, nor a CRD with a schema in "
+        "scripts/crd-schemas ['kueue.x-k8s.io'], nor a known CRD group ['argoproj.io', 'monitoring.coreos.com'])",
     ]
 
 
@@ -295,7 +304,7 @@ def test_gpu_templates_tolerate_the_gpu_taint(wf):
                 "nvidia.com/gpu:NoSchedule taint GPU nodes usually carry")
 
 
-def _qty(v: str) -> float:
+def quantity(v: str) -> float:
     """A Kubernetes quantity as a number (cores, bytes)."""
     m = re.fullmatch(r"([0-9.]+)([a-zA-Z]*)", str(v))
     assert m, v
@@ -321,18 +330,18 @@ def test_one_distill_run_fits_quota_and_limits(built, overlay, gpus):
             for r, v in req.items():
                 v = _defaults(doc, v, gpus=gpus)
                 if r in ("cpu", "memory"):
-                    assert _qty(v) <= _qty(cmax[r]), f"{wf.name}: {t['name']} {r}={v} > LimitRange max {cmax[r]}"
-                total[f"requests.{r}"] = total.get(f"requests.{r}", 0.0) + _qty(v)
+                    assert quantity(v) <= quantity(cmax[r]), f"{wf.name}: {t['name']} {r}={v} > LimitRange max {cmax[r]}"
+                total[f"requests.{r}"] = total.get(f"requests.{r}", 0.0) + quantity(v)
         for r, used in total.items():
-            assert used <= _qty(hard[r]), f"{wf.name} with gpus={gpus}: {r} {used:g} > quota {hard[r]} ({overlay})"
+            assert used <= quantity(hard[r]), f"{wf.name} with gpus={gpus}: {r} {used:g} > quota {hard[r]} ({overlay})"
 
 
 def test_gpu_quota_covers_the_gpu_semaphore(built):
     objs = built["gpu"]
     runs = int(find(objs, "ConfigMap", "kubellm-semaphores")["data"]["gpu"])
-    gpus = _qty(find(objs, "ResourceQuota", "kubellm")["spec"]["hard"]["requests.nvidia.com/gpu"])
+    gpus = quantity(find(objs, "ResourceQuota", "kubellm")["spec"]["hard"]["requests.nvidia.com/gpu"])
     assert gpus >= 2 * runs, "each GPU run holds 2 GPUs at once (serve + finetune with -p gpus=1)"
-    assert _qty(find(built["cpu"], "ResourceQuota", "kubellm")["spec"]["hard"]["requests.nvidia.com/gpu"]) == 0
+    assert quantity(find(built["cpu"], "ResourceQuota", "kubellm")["spec"]["hard"]["requests.nvidia.com/gpu"]) == 0
 
 
 def test_executor_rbac_is_minimal(built):
@@ -342,6 +351,24 @@ def test_executor_rbac_is_minimal(built):
                               "verbs": ["create", "patch"]}]
     binding = find(built["cpu"], "RoleBinding", "kubellm-executor")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kubellm-workflow", "namespace": "kubellm"}]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_workflow_identity_may_create_get_and_delete_trainjobs_only(built, overlay):
+    """An Argo resource template creates the multi-node fine-tune's TrainJob, polls it with GETs and
+    may delete it, as the workflow's ServiceAccount: exactly those verbs, on that one resource."""
+    objs = built[overlay]
+    sa = find(objs, "ServiceAccount", "kubellm-workflow")["metadata"]
+    allowed = set()
+    for b in (o for o in objs if o["kind"] == "RoleBinding"):
+        if {"kind": "ServiceAccount", "name": sa["name"], "namespace": sa["namespace"]} in b["subjects"]:
+            role = find(objs, b["roleRef"]["kind"], b["roleRef"]["name"])
+            assert role["metadata"]["namespace"] == sa["namespace"], b["metadata"]["name"]
+            allowed |= granted(role)
+    trainer = {x for x in allowed if x[0] == "trainer.kubeflow.org"}
+    assert trainer == {("trainer.kubeflow.org", "trainjobs", v) for v in ("create", "get", "delete")}
+    assert {x for x in allowed if x[0] not in ("trainer.kubeflow.org", "argoproj.io")} == set(), (
+        "the workflow's identity needs no core or other API access")
 
 
 # --------------------------------------------------------------------------- the harvest's RBAC
@@ -474,7 +501,8 @@ def test_monitoring_objects_are_well_formed(monitoring):
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     dash = json.loads(cm["data"]["kubellm.json"])
     titles = " | ".join(p["title"] for p in dash["panels"]).lower()
-    for topic in ("tokens per second", "queue depth", "kv-cache", "gpu utilisation", "workflow duration"):
+    for topic in ("tokens per second", "queue depth", "kv-cache", "gpu utilisation", "workflow duration",
+                  "tokens per second per rank", "peak memory per rank vs estimate"):
         assert topic in titles, f"dashboard has no {topic!r} panel: {titles}"
 
 
@@ -488,12 +516,34 @@ def test_vllm_metric_names_exist_in_the_vllm_we_ship(monitoring):
     assert used and used <= known, f"unknown vLLM metrics: {sorted(used - known)}"
 
 
+def _custom_metrics(doc: dict) -> tuple[set[str], set[str]]:
+    """Names of a workflow's custom metrics: (workflow-level spec.metrics, template-level)."""
+    def names(metrics):
+        return {m["name"] for m in ((metrics or {}).get("prometheus") or [])}
+    return names(doc["spec"].get("metrics")), set().union(*(names(t.get("metrics")) for t in doc["spec"]["templates"]))
+
+
 def test_workflow_metric_on_the_dashboard_is_emitted_by_the_workflows(monitoring):
+    """Argo exposes custom metrics with the prefix argo_workflows_ (docs/metrics.md). A workflow-level
+    metric on the dashboard must come from every workflow; a template-level one (a step's gauge, such
+    as the fine-tune's per-rank numbers) from a template of some rendered workflow, or be one of the
+    step gauges workflows.common can emit (METRIC_HELP), which a workflow compiled with other options
+    (several processes, a TrainJob) may use."""
+    from workflows.common import METRIC_HELP
+
     used = {m[len("argo_workflows_"):] for e in _promql_of(monitoring) for m in re.findall(r"argo_workflows_[a-z_]+", e)}
     builtin = {"total_count", "gauge", "count", "error_count"}  # controller metrics (Argo docs/metrics.md)
-    for wf in RENDERED:
-        custom = {m["name"] for m in ((load_workflow(wf)["spec"].get("metrics") or {}).get("prometheus") or [])}
-        assert used - builtin <= custom, f"{wf.name}: spec.metrics does not emit {sorted(used - builtin - custom)}"
+    per_workflow = [_custom_metrics(load_workflow(wf)) for wf in RENDERED]
+    workflow_level = set().union(*(w for w, _ in per_workflow))
+    for wf, (custom, _) in zip(RENDERED, per_workflow):
+        missing = (used - builtin) & (workflow_level - custom)
+        assert not missing, f"{wf.name}: spec.metrics does not emit {sorted(missing)}"
+    steps = set().union(*(t for _, t in per_workflow)) | {f"kubellm_{k}" for k in METRIC_HELP}
+    unknown = used - builtin - workflow_level - steps
+    assert not unknown, (f"the dashboard or alerts query {sorted(unknown)}, which no workflow emits (add step gauges "
+                         "to workflows.common.METRIC_HELP and emit them)")
+    assert {"kubellm_rank_tokens_per_s", "kubellm_rank_peak_mem_mb", "kubellm_mem_estimate_mb",
+            "kubellm_tokens_per_s"} <= used - builtin, "the per-rank fine-tune panels query these gauges"
 
 
 # --------------------------------------------------------------------------- images
