@@ -42,6 +42,7 @@ bench: install
 compile: install
 	$(VENV)/bin/kubellm compile distill -o workflows/rendered/distill.yaml
 	$(VENV)/bin/kubellm compile distill --store pvc -o workflows/rendered/distill-pvc.yaml
+	$(VENV)/bin/kubellm compile distill --store pvc -p nodes=2 -p gpus=1 -o workflows/rendered/distill-multinode.yaml
 	$(VENV)/bin/kubellm compile experiment -o workflows/rendered/experiment.yaml
 	$(VENV)/bin/kubellm compile experiment --store pvc -o workflows/rendered/experiment-pvc.yaml
 	$(VENV)/bin/kubellm compile nli -o workflows/rendered/nli.yaml

@@ -1,7 +1,8 @@
 """End to end: the compiled distill workflow on the local runner, bundled models, tiny sizes.
 
-One test, three runs of the same `kubellm run distill -p cycles=2 -p rag=true` command with the same --out:
-  1. interrupted (Ctrl-C) while the finetune node is training;
+One test, three runs of the same `kubellm run distill -p cycles=2 -p rag=true -p nproc=2` command with the same
+--out (each fine-tune trains as 2 torchrun ranks on the gloo backend):
+  1. interrupted (Ctrl-C) while the finetune node is training: no rank outlives it;
   2. re-run: nodes that had finished are not redone, the rest completes and writes a real report;
   3. re-run again: nothing is redone at all, and no model server is started.
 """
@@ -21,7 +22,8 @@ from tests.conftest import free_port, node_status as _status, interrupt_when, po
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["-p", "num-questions=8", "-p", "heldout-unseen=4", "-p", "heldout-paraphrase=4", "-p", "steps=6",
         "-p", "fact-questions=8", "-p", "heldout-facts=4", "-p", "cycles=2", "-p", "rag=true", "-p", "judge-rows=1",
-        "-p", "answer-tokens=48", "-p", "topics=pods-containers,storage-volumes,services-networking"]
+        "-p", "answer-tokens=48", "-p", "topics=pods-containers,storage-volumes,services-networking",
+        "-p", "nproc=2"]
 
 
 def _cmd(out: Path, port: int) -> list[str]:
@@ -44,6 +46,10 @@ def test_distill_tiny_interrupt_resume_and_report(tmp_path, cache_dir):
     assert not (out / "nodes" / "finetune" / "artifacts" / "finetune" / "manifest.json").exists(), \
         "an interrupted fine-tune must not look complete"
     assert port_free(port), "the model server outlived the interrupted run"
+    import psutil
+
+    left = [p.pid for p in psutil.process_iter(["cmdline"]) if str(out) in " ".join(p.info["cmdline"] or [])]
+    assert not left, f"processes of the interrupted run are still running: {left}"
     finished_before = {n: _status(out, n)["finished"] for n in ("harvest", "generate", "answer-baseline")
                        if _status(out, n).get("phase") == "Succeeded"}
 
@@ -71,7 +77,11 @@ def test_distill_tiny_interrupt_resume_and_report(tmp_path, cache_dir):
     losses = [json.loads(line) for line in (ft / "loss.jsonl").read_text().splitlines()]
     assert len(losses) == 6 and all(l["loss"] > 0 for l in losses)
     _check_facts_judge_and_cycles(out, report)
-    assert json.loads((ft / "manifest.json").read_text())["counts"]["steps"] == 6
+    ftm = json.loads((ft / "manifest.json").read_text())
+    assert ftm["counts"]["steps"] == 6 and ftm["counts"]["ranks"] == 2
+    assert [r["rank"] for r in ftm["ranks"]] == [0, 1] and all(r["tokens"] > 0 for r in ftm["ranks"])
+    steps_read = [json.loads(line) for line in (ft / "batches.jsonl").read_text().splitlines()]
+    assert sorted({(b["step"], b["rank"]) for b in steps_read}) == [(s, r) for s in range(1, 7) for r in (0, 1)]
     assert (out / "report.png").stat().st_size > 10_000 and "Verdict" in (out / "report.md").read_text()
     # the fine-tuned answers came from the adapter, not the base model
     ans = [json.loads(line) for line in

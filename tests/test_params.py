@@ -81,7 +81,7 @@ def test_params_marks_compile_time_parameters():
                        text=True, cwd=ROOT)
     marked = [ln.split()[0] for ln in r.stdout.splitlines() if "[compile-time" in ln]
     assert marked == ["max-servers"]
-    assert {k for k, p in distill.PARAMS.items() if p.compile_time} == {"gpus", "method", "rag", "cycles"}
+    assert {k for k, p in distill.PARAMS.items() if p.compile_time} == {"gpus", "method", "rag", "cycles", "nproc", "nodes"}
 
 
 def test_bounds_live_in_the_step_configs():

@@ -14,6 +14,8 @@ from workflows.runner import check_supported
 ROOT = Path(__file__).resolve().parents[1]
 CASES = [(p, s) for p in ("distill", "experiment", "nli", "rag") for s in ("s3", "pvc")]
 CRON = [("rag", "s3"), ("rag", "pvc")]
+# multi-node fine-tuning: 2 GPU nodes, the finetune node a Kubeflow Trainer TrainJob on the claim
+MULTINODE = {"nodes": "2", "gpus": "1"}
 
 
 @pytest.mark.parametrize("pipeline,store", CASES, ids=lambda x: x)
@@ -25,7 +27,34 @@ def test_rendered_yaml_is_current_lints_clean_and_runs_locally(pipeline, store):
     assert check_supported(doc, {"models": Path("/tmp")}) == []
 
 
-VARIANTS = [{"gpus": "1"}, {"method": "qlora", "gpus": "1"}, {"method": "full"}, {"method": "full", "gpus": "2"},
+def test_rendered_multinode_distill_is_current_and_its_trainjob_validates():
+    import yaml
+
+    from workflows.trainjob import validate_trainjob
+
+    path = ROOT / "workflows" / "rendered" / "distill-multinode.yaml"
+    doc = cli.compile_doc("distill", "pvc", MULTINODE)
+    assert cli.to_yaml(doc) == path.read_text(), f"run `make compile` to update {path}"
+    assert lint_workflow(doc, path.name) == []
+    assert check_supported(doc, {"models": Path("/tmp"), "data": Path("/tmp")}) == []
+    ft = next(t for t in doc["spec"]["templates"] if t["name"] == "finetune")
+    assert ft["resource"]["action"] == "create" and ft["resource"]["setOwnerReference"] is True
+    job = yaml.safe_load(ft["resource"]["manifest"])
+    assert validate_trainjob(job) == []
+    assert job["spec"]["trainer"]["numNodes"] == 2 and job["spec"]["trainer"]["command"][:2] == ["torchrun", "-m"]
+    assert job["spec"]["trainer"]["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "{{workflow.parameters.gpus}}"
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "kubellm"
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/priority-class"] == "kubellm-training"
+    pod = job["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0][
+        "template"]["spec"]["template"]["spec"]
+    assert {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v} == {
+        "kubellm-data", "kubellm-models"}
+    # every argument the container finetune would get, but --nproc: numProcPerNode is the one count
+    args = job["spec"]["trainer"]["args"]
+    assert "--nproc" not in args and args[args.index("--data") + 1] == "{{inputs.parameters.data-dir}}"
+
+
+VARIANTS = [{"gpus": "1"}, {"nproc": "2"}, {"nproc": "2", "batch-size": "auto", "global-batch": "8"}, {"method": "qlora", "gpus": "1"}, {"method": "full"}, {"method": "full", "gpus": "2"},
             {"models": '[{"name": "smollm2-135m", "cpu": "1", "memory": "4Gi"}, {"name": "m/x", "gpus": 2}]',
              "serve-image": "ghcr.io/kubellm/serve:0.1.0"},
             {"max-servers": "3"}, {"dataset": "nyu-mll/multi_nli", "model": "google/flan-t5-small"},
@@ -74,4 +103,5 @@ def test_cron_lint_catches_a_bad_schedule_and_a_bad_workflow_spec():
 def test_every_rendered_file_is_checked():
     rendered = {p.name for p in (ROOT / "workflows" / "rendered").glob("*.yaml")}
     assert rendered == ({f"{p}.yaml" if s == "s3" else f"{p}-{s}.yaml" for p, s in CASES}
-                        | {f"{p}-refresh.yaml" if s == "s3" else f"{p}-refresh-{s}.yaml" for p, s in CRON})
+                        | {f"{p}-refresh.yaml" if s == "s3" else f"{p}-refresh-{s}.yaml" for p, s in CRON}
+                        | {"distill-multinode.yaml"})

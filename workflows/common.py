@@ -50,6 +50,9 @@ METRIC_HELP = {
     "failed": "rows a kubellm step gave up on after retries (label step: which step)",
     "last_loss": "final training loss of a kubellm fine-tune",
     "tokens_per_s": "training tokens per second of a kubellm fine-tune",
+    "mem_estimate_mb": "memory per training process a kubellm fine-tune estimated (MiB)",
+    "rank_tokens_per_s": "training tokens per second of one rank of a kubellm fine-tune",
+    "rank_peak_mem_mb": "peak memory of one rank of a kubellm fine-tune (MiB: RSS on CPU, CUDA allocated on GPUs)",
     "diff": "held-out score of a kubellm distillation: fine-tuned minus baseline (mean)",
     "finetuned": "held-out mean score of the fine-tuned student",
     "baseline": "held-out mean score of the baseline student",
@@ -319,8 +322,8 @@ def pod_spec_patch(requests: dict[str, str] | None = None, limits: dict[str, str
     return "{" + ", ".join(parts) + "}" if parts else None
 
 
-def _retry(limit: int = 3) -> m.RetryStrategy:
-    return m.RetryStrategy(limit=str(limit), retry_policy="Always",
+def _retry(limit: int = 3, policy: str = "Always") -> m.RetryStrategy:
+    return m.RetryStrategy(limit=str(limit), retry_policy=policy,
                            backoff=m.Backoff(duration="30s", factor="2", max_duration="30m"))
 
 
@@ -330,13 +333,26 @@ def _memo(key_param: str = "memo-key") -> m.Memoize:
                      cache=m.Cache(config_map=m.LocalObjectReference(name="kubellm-memo")))
 
 
-def metric_outputs(step: str, names: tuple[str, ...]) -> tuple[list, m.Metrics]:
+# per-rank numbers of a training step (metric_outputs `ranks`)
+RANK_METRICS = ("tokens_per_s", "peak_mem_mb")
+
+
+def metric_outputs(step: str, names: tuple[str, ...], ranks: int = 0) -> tuple[list, m.Metrics]:
     """Output parameters read from the step's metrics files, and Prometheus gauges over them
-    (shown in the Argo UI and scraped from the controller)."""
+    (shown in the Argo UI and scraped from the controller). `ranks`: also each training rank's
+    tokens/s and peak memory (files rank<i>_<name>), as gauges labelled with the rank."""
     params = [Parameter(name=k, value_from=m.ValueFrom(path=f"{METRICS_DIR}/{k}", default="0")) for k in names]
     gauges = [m.Prometheus(name=f"kubellm_{k}", help=METRIC_HELP[k], labels=[m.MetricLabel(key="step", value=step)],
                            gauge=m.Gauge(value="{{outputs.parameters.%s}}" % k, realtime=False))
               for k in names]
+    for r in range(ranks):
+        for k in RANK_METRICS:
+            params.append(Parameter(name=f"rank{r}-{k}", value_from=m.ValueFrom(path=f"{METRICS_DIR}/rank{r}_{k}",
+                                                                               default="0")))
+            gauges.append(m.Prometheus(name=f"kubellm_rank_{k}", help=METRIC_HELP[f"rank_{k}"],
+                                       labels=[m.MetricLabel(key="step", value=step),
+                                               m.MetricLabel(key="rank", value=str(r))],
+                                       gauge=m.Gauge(value="{{outputs.parameters.rank%d-%s}}" % (r, k), realtime=False)))
     return params, m.Metrics(prometheus=gauges)
 
 
@@ -344,17 +360,21 @@ def container_step(name: str, module: str, args: list[str], store: Store, inputs
                    cpu: str = "1", mem: str = "2Gi", gpus: str | None = None, models: bool = False,
                    retry: bool = False, env: list | None = None, deadline: int = 6 * 3600,
                    metrics: tuple[str, ...] = (), memoize: bool = False,
-                   mounts: list[m.VolumeMount] | None = None, image: str = "steps-image") -> Container:
+                   mounts: list[m.VolumeMount] | None = None, image: str = "steps-image",
+                   ranks: int = 0, retry_on: str | None = None, labels: dict[str, str] | None = None) -> Container:
     """One step module as a container template: `python -m <module> <args>` in the steps image, with
     the store's mounts, the model cache (`models`), summary numbers as output parameters and gauges
     (`metrics`: names from METRIC_HELP), retries for steps that call a network service, memoization
     keyed on a `memo-key` input (s3 store only), and `gpus` (a GPU count, usually a parameter) set
-    through podSpecPatch."""
+    through podSpecPatch. `ranks`: the step trains with that many torchrun ranks, each rank's numbers
+    become gauges labelled with its rank. `retry_on`: retry only on this Argo retry policy (e.g.
+    OnError: a pod deleted or preempted, not a step that failed on its input). `labels`: the pod's
+    own labels (Kueue's queue and priority class for GPU work)."""
     vmounts = store.mounts() + ([m.VolumeMount(name="models", mount_path=MODELS_MOUNT)] if models else [])
     vmounts += mounts or []
     prom = None
     if metrics:
-        mparams, prom = metric_outputs(name, metrics)
+        mparams, prom = metric_outputs(name, metrics, ranks)
         outputs = list(outputs) + mparams
         args = args + ["--metrics-dir", METRICS_DIR]
         vmounts.append(m.VolumeMount(name="scratch", mount_path=METRICS_DIR))
@@ -369,14 +389,16 @@ def container_step(name: str, module: str, args: list[str], store: Store, inputs
         env=(model_env() + (env or [])) if models else env,
         volume_mounts=vmounts or None, resources=resources(cpu, mem), security_context=SECURITY,
         pod_spec_patch=pod_spec_patch(limits={"nvidia.com/gpu": gpus}) if gpus else None,
-        retry_strategy=_retry() if retry else None, active_deadline_seconds=deadline,
+        retry_strategy=_retry() if retry else _retry(policy=retry_on) if retry_on else None,
+        active_deadline_seconds=deadline,
         priority_class_name="kubellm-training" if gpus else None, tolerations=GPU_TOLERATIONS if gpus else None,
+        labels=labels or None,
     )
 
 
 def vllm_server(name: str, args: list[str], inputs: list, port: int = SERVE_PORT, cpu: str = "2",
                 mem: str = "12Gi", patch: str | None = None, tolerations: bool = True,
-                mounts: list[m.VolumeMount] | None = None) -> Container:
+                mounts: list[m.VolumeMount] | None = None, labels: dict[str, str] | None = None) -> Container:
     """A daemon vLLM server (steps.serve) in the serve image, ready when /health answers, with the
     labels and named port that k8s/ NetworkPolicies and the vLLM PodMonitor select. `patch` is its
     podSpecPatch (GPU count, templated cpu/memory, placement)."""
@@ -391,7 +413,7 @@ def vllm_server(name: str, args: list[str], inputs: list, port: int = SERVE_PORT
         resources=resources(cpu, mem), pod_spec_patch=patch,
         security_context=SECURITY, active_deadline_seconds=12 * 3600,
         ports=[m.ContainerPort(name="http", container_port=port)],
-        labels={"app.kubernetes.io/component": "serve", "app.kubernetes.io/name": "vllm"},
+        labels={"app.kubernetes.io/component": "serve", "app.kubernetes.io/name": "vllm", **(labels or {})},
         priority_class_name="kubellm-inference", tolerations=GPU_TOLERATIONS if tolerations else None,
     )
 

@@ -30,7 +30,7 @@ from hera.workflows import DAG, Container, NoneArchiveStrategy, Parameter, Task,
 from hera.workflows import models as m
 from pydantic import Field
 
-from workflows.common import (URL_EXAMPLE, OptionalUrl, API_KEY, MODELS_MOUNT, SECURITY, SERVE_PORT, Param, Store, add_templates,
+from workflows.common import (DATA_MOUNT, URL_EXAMPLE, OptionalUrl, API_KEY, MODELS_MOUNT, SECURITY, SERVE_PORT, Param, Store, add_templates,
                               check_node, check_params, check_training, container_step, image_defaults, inp,
                               merge_params, pod_spec_patch, resources, vllm_server, workflow_fields, wp)
 
@@ -65,8 +65,19 @@ PARAMS: dict[str, Param] = {
                             "server; qlora needs GPUs)", f"{FT}.method", compile_time=True),
     "lora-r": Param("16", "LoRA rank (the server's --max-lora-rank follows it)", f"{FT}.r"),
     "learning-rate": Param("2e-4", "peak learning rate", f"{FT}.learning_rate"),
-    "batch-size": Param("2", "per-device batch size", f"{FT}.batch_size"),
-    "grad-accum": Param("2", "gradient accumulation steps", f"{FT}.grad_accum"),
+    "batch-size": Param("2", "micro-batch per training process, or auto: the largest the memory estimate fits "
+                             "(steps.memory), keeping the global batch", f"{FT}.batch_size"),
+    "grad-accum": Param("2", "gradient accumulation steps (global batch = batch-size x grad-accum x processes)",
+                        f"{FT}.grad_accum"),
+    "global-batch": Param("0", "rows per optimizer step over all processes with batch-size=auto (0: 2 x grad-accum "
+                               "x processes)", f"{FT}.global_batch"),
+    "nproc": Param("1", "training processes in the finetune pod (compile-time): torchrun ranks, one per GPU with "
+                        "gpus, CPU processes with the gloo backend otherwise", f"{FT}.nproc", compile_time=True),
+    "strategy": Param("ddp", "with several processes or nodes: ddp (a model copy per rank) or fsdp (sharded; GPUs)",
+                      f"{FT}.strategy"),
+    "nodes": Param("1", "nodes for fine-tuning (compile-time): above 1 the finetune node creates a Kubeflow Trainer "
+                        "TrainJob of that many nodes x nproc ranks on the shared claim (--store pvc) and waits for it",
+                   Annotated[int, Field(ge=1, le=64)], compile_time=True),
     "rag": Param("false", "also answer with retrieved chunks in the prompt (baseline + RAG, fine-tuned + RAG) "
                          "(compile-time: true adds the index and the two RAG answer nodes)", enum=("true", "false"),
                  compile_time=True),
@@ -96,6 +107,9 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
     full = values["method"] == "full"
     rag = values["rag"] == "true"
     cycles = int(values["cycles"])
+    if int(values["nodes"]) > 1 and st.kind != "pvc":
+        raise ValueError("nodes > 1 creates a Kubeflow TrainJob whose pods read the data and write checkpoints on "
+                         "the shared kubellm-data claim: compile with --store pvc")
 
     check = check_node("distill", PARAMS, values)
     prepare = container_step("prepare-model", "steps.models", ["--name", inp("model"), "--out-param", "/tmp/model-path"],
@@ -107,7 +121,8 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
         "steps-image", "teacher", "teacher-url", "student", "topics", "num-questions", "heldout-unseen",
         "heldout-paraphrase", "fact-questions", "heldout-facts", "answer-tokens", "seed"))
     ft_inputs = ";".join(f"{k}={wp(k)}" for k in (
-        "method", "steps", "lora-r", "learning-rate", "batch-size", "grad-accum"))
+        "method", "steps", "lora-r", "learning-rate", "batch-size", "grad-accum", "global-batch", "nproc", "strategy",
+        "nodes"))
     memokeys = Container(
         name="memo-keys", image=wp("steps-image"), image_pull_policy="IfNotPresent",
         command=["python", "-m", "steps.memokey"],
@@ -120,11 +135,16 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
     harvest = container_step("harvest", "steps.harvest", ["--out", kb_path, "--topics", wp("topics")], st, [], kb_out,
                              cpu="1", mem="1Gi", deadline=3 * 3600)
 
+    def queue_labels(priority: str) -> dict[str, str]:
+        """Kueue's labels (k8s/queueing, applied with the gpu overlay): compiled with gpus, GPU work waits in
+        the kubellm LocalQueue and is ordered by its WorkloadPriorityClass."""
+        return {"kueue.x-k8s.io/queue-name": "kubellm", "kueue.x-k8s.io/priority-class": priority} if gpus else {}
+
     gpu_patch = pod_spec_patch(limits={"nvidia.com/gpu": gpus}) if gpus else None
     serve = vllm_server("serve", ["--model", inp("model"), "--served-name", inp("served-name"),
                                   "--max-lora-rank", wp("lora-r")],
                         [Parameter(name="model"), Parameter(name="served-name")], port=serve_port,
-                        patch=gpu_patch, tolerations=bool(gpus))
+                        patch=gpu_patch, tolerations=bool(gpus), labels=queue_labels("kubellm-inference"))
 
     kb_in, kb_read = st.inp("kb")
     data_out, data_path = st.out("generate", "data")
@@ -172,24 +192,45 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
     index = container_step("index", "steps.index", ["--kb", kb_read2, "--out", ix_path], st, kb_in2, ix_out,
                            cpu="2", mem="3Gi", deadline=3 * 3600)
 
-    d_in, d_read = st.inp("data")
-    ft_out, ft_path = st.out("finetune", "finetune")
-    finetune = container_step(
-        "finetune", "steps.finetune",
-        ["--data", d_read, "--out", ft_path, "--base-model", inp("model"),
-         "--method", wp("method"), "--max-steps", wp("steps"), "--r", wp("lora-r"),
-         "--learning-rate", wp("learning-rate"), "--batch-size", wp("batch-size"),
-         "--grad-accum", wp("grad-accum"), "--seed", wp("seed")],
-        st, d_in + [Parameter(name="model")], ft_out, cpu="2", mem="12Gi", gpus=gpus, models=True,
-        deadline=12 * 3600, metrics=("last_loss", "tokens_per_s"), memoize=True)
+    nproc, nodes = int(values["nproc"]), int(values["nodes"])
 
+    def finetune_step(tname: str, memoize: bool = False) -> Container:
+        """The student's fine-tuning: `nproc` torchrun ranks in one pod (one process when 1)."""
+        d_in, d_read = st.inp("data")
+        out, path = st.out(tname, "finetune")
+        args = ["--data", d_read, "--out", path, "--base-model", inp("model"),
+                "--method", wp("method"), "--max-steps", wp("steps"), "--r", wp("lora-r"),
+                "--learning-rate", wp("learning-rate"), "--batch-size", wp("batch-size"),
+                "--grad-accum", wp("grad-accum"), "--global-batch", wp("global-batch"), "--nproc", wp("nproc"),
+                "--strategy", wp("strategy"), "--seed", wp("seed")]
+        if nodes > 1:
+            # several nodes: a Kubeflow Trainer TrainJob (torch-distributed runtime) on the shared claim;
+            # torchrun in each node pod starts nproc ranks (numProcPerNode), so --nproc is not passed
+            from workflows.trainjob import trainjob_manifest, trainjob_step
+
+            i = args.index("--nproc")
+            manifest = trainjob_manifest(
+                name="{{workflow.name}}-%s-" % tname, image=wp("steps-image"), module="steps.finetune",
+                args=args[:i] + args[i + 2:], nodes=nodes, nproc=nproc, cpu=str(max(2, nproc)),
+                mem=f"{max(12, 6 * nproc)}Gi", gpus=gpus, claim="kubellm-data", mount_path=DATA_MOUNT, env=[],
+                labels={"app.kubernetes.io/part-of": "kubellm", "kubellm/step": tname, **queue_labels("kubellm-training")},
+                models_claim="kubellm-models", deadline=12 * 3600)
+            return trainjob_step(tname, manifest, d_in + [Parameter(name="model")])
+        # each rank holds a model copy (ddp) and one core's worth of threads at least
+        return container_step(tname, "steps.finetune", args, st, d_in + [Parameter(name="model")], out,
+                              cpu=str(max(2, nproc)), mem=f"{max(12, 6 * nproc)}Gi", gpus=gpus, models=True,
+                              deadline=12 * 3600, metrics=("last_loss", "tokens_per_s", "mem_estimate_mb"),
+                              ranks=nproc, memoize=memoize, retry_on="OnError",
+                              labels=queue_labels("kubellm-training"))
+
+    finetune = finetune_step("finetune", memoize=True)
     serve_ft = None
     if full:
         ft_in, ft_read = st.inp("finetune")
         serve_ft = vllm_server("serve-finetuned", ["--model", f"{ft_read}/merged", "--served-name", inp("served-name"),
                                                    "--enable-lora", "false"],
                                ft_in + [Parameter(name="served-name")], port=serve_port + 1, patch=gpu_patch,
-                               tolerations=bool(gpus), mounts=st.mounts())
+                               tolerations=bool(gpus), mounts=st.mounts(), labels=queue_labels("kubellm-inference"))
 
     ja_in, ja_read = st.inp("finetuned")
     j_out, j_path = st.out("judge", "judge")
@@ -217,16 +258,7 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
              "--concurrency", wp("concurrency"), "--seed", wp("seed")],
             st, p_in + [Parameter(name="served-url")], g_out, cpu="1", mem="2Gi", retry=True, env=[API_KEY],
             metrics=("rows", "failed"), deadline=3 * 3600)
-        dc_in, dc_read = st.inp("data")
-        fc_out, fc_path = st.out(f"finetune-{c}", "finetune")
-        ft_c = container_step(
-            f"finetune-{c}", "steps.finetune",
-            ["--data", dc_read, "--out", fc_path, "--base-model", inp("model"),
-             "--method", wp("method"), "--max-steps", wp("steps"), "--r", wp("lora-r"),
-             "--learning-rate", wp("learning-rate"), "--batch-size", wp("batch-size"),
-             "--grad-accum", wp("grad-accum"), "--seed", wp("seed")],
-            st, dc_in + [Parameter(name="model")], fc_out, cpu="2", mem="12Gi", gpus=gpus, models=True,
-            deadline=12 * 3600, metrics=("last_loss", "tokens_per_s"))
+        ft_c = finetune_step(f"finetune-{c}")
         cyc[c] = {"probe": probe, "generate": gen_c, "finetune": ft_c,
                   "answer": answer(f"answer-finetuned-{c}", True, adapter=f"-ft{c}")}
 
@@ -273,8 +305,8 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
                           arguments=[st.arg("generate", "data"), Parameter(name="model", value=wp("student")),
                                      Parameter(name="url", value=served_url)])
             t_ft = Task(name="finetune", template=finetune,
-                        arguments=[st.arg("generate", "data"), Parameter(name="model", value=student_path),
-                                   t_keys.get_parameter("finetune").with_name("memo-key")])
+                        arguments=[st.arg("generate", "data"), Parameter(name="model", value=student_path)]
+                        + ([t_keys.get_parameter("finetune").with_name("memo-key")] if nodes == 1 else []))
             ft_args = [st.arg("generate", "data"), Parameter(name="model", value=wp("student") + "-ft" if full
                                                              else wp("student"))]
             if full:
@@ -348,6 +380,29 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
     return wf
 
 
+def check_distributed(values: dict[str, str]) -> None:
+    """How the fine-tune's ranks, batch and strategy fit together, refused up front."""
+    nproc, nodes, gpus = int(values["nproc"]), int(values["nodes"]), int(values["gpus"])
+    ranks = nproc * nodes
+    if gpus and nproc > gpus:
+        raise ValueError(f"nproc={nproc} but the finetune pod gets gpus={gpus}: one process per GPU, so set "
+                         f"-p nproc={gpus} or -p gpus={nproc}")
+    if values["strategy"] == "fsdp" and (not gpus or ranks < 2):
+        raise ValueError("strategy=fsdp shards the model across GPUs: it needs -p gpus=N and nproc x nodes above 1; "
+                         "use strategy=ddp on CPU")
+    g = int(values["global-batch"])
+    if values["batch-size"] == "auto":
+        if g and g % ranks:
+            raise ValueError(f"global-batch={g} must be a multiple of the {ranks} training processes "
+                             f"(nproc x nodes), e.g. -p global-batch={ranks * max(1, g // ranks)}")
+    elif g and g != int(values["batch-size"]) * int(values["grad-accum"]) * ranks:
+        raise ValueError(f"global-batch={g} is only used with batch-size=auto; with batch-size="
+                         f"{values['batch-size']} the global batch is batch-size x grad-accum x processes = "
+                         f"{int(values['batch-size']) * int(values['grad-accum']) * ranks}: leave global-batch at 0")
+    if values["method"] == "qlora" and ranks > 1 and values["strategy"] == "fsdp":
+        raise ValueError("method=qlora with strategy=fsdp is not supported here: use strategy=ddp")
+
+
 def validate_params(params: dict[str, str], files: bool = True) -> dict[str, str]:
     """Fail before any work on a value that cannot work, saying how to fix it. `files`: also check
     what lives on this machine (not from the check node of a cluster run)."""
@@ -374,6 +429,7 @@ def validate_params(params: dict[str, str], files: bool = True) -> dict[str, str
     if int(values["cycles"]) > 1 and (int(values["fact-questions"]) == 0 or int(values["heldout-facts"]) == 0):
         raise ValueError("cycles > 1 needs fact-questions > 0 and heldout-facts > 0: later cycles teach the facts "
                          "the student gets wrong and are measured on the held-out facts")
+    check_distributed(values)
     topics = [x.strip() for x in values["topics"].split(",") if x.strip()]
     validate_topics(topics)
     # the sizes the topics can fill: reads the installed reference (a few seconds; the steps image has it,
