@@ -381,6 +381,12 @@ def _train(cfg: FinetuneConfig) -> dict:
 
     _check_devices(cfg, world)
     torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // local_world))
+    if rank != 0:  # one set of progress bars in the log: rank 0's
+        import datasets
+        import transformers
+
+        datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
     from peft import LoraConfig, get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, TrainerCallback
 
@@ -429,8 +435,9 @@ def _train(cfg: FinetuneConfig) -> dict:
     def est(b: int) -> dict:
         return memory.estimate(mconf, method=cfg.method, micro_batch=b, seq_len=seq, r=cfg.r,
                                target_modules=cfg.target_modules, lora_layers=cfg.lora_layers, grad_ckpt=grad_ckpt,
-                               param_bytes=2 if cuda and cfg.method == "full" and torch.cuda.is_bf16_supported() else 4,
-                               compute_bytes=2 if cuda else 4, world=world, strategy=cfg.strategy, device=device)
+                               # weights load in float32; on GPUs bf16 autocast computes in 16 bits
+                               param_bytes=4, compute_bytes=2 if cuda else 4, world=world, strategy=cfg.strategy,
+                               device=device, lora_dropout=cfg.dropout)
 
     budget = memory.budget(local_world, device)
     if cfg.batch_size == "auto":
