@@ -49,9 +49,15 @@ def test_rendered_multinode_distill_is_current_and_its_trainjob_validates():
         "template"]["spec"]["template"]["spec"]
     assert {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v} == {
         "kubellm-data", "kubellm-models"}
-    # every argument the container finetune would get, but --nproc: numProcPerNode is the one count
+    # every setting the container finetune gets, but nproc (numProcPerNode is the one count), as
+    # key=value overrides: torchrun's own parser must hand all of them to the module untouched
     args = job["spec"]["trainer"]["args"]
-    assert "--nproc" not in args and args[args.index("--data") + 1] == "{{inputs.parameters.data-dir}}"
+    assert "data={{inputs.parameters.data-dir}}" in args and "r={{workflow.parameters.lora-r}}" in args
+    assert not any(a.startswith("-") or a.startswith("nproc=") for a in args)
+    from torch.distributed.run import get_args_parser
+
+    parsed = get_args_parser().parse_args(job["spec"]["trainer"]["command"][1:] + args)
+    assert parsed.module and parsed.training_script == "steps.finetune" and parsed.training_script_args == args
 
 
 VARIANTS = [{"gpus": "1"}, {"nproc": "2"}, {"nproc": "2", "batch-size": "auto", "global-batch": "8"}, {"method": "qlora", "gpus": "1"}, {"method": "full"}, {"method": "full", "gpus": "2"},

@@ -531,3 +531,25 @@ def test_local_trainjob_deadline_fails_it(tmp_path):
     assert "activeDeadlineSeconds (1) exceeded (exit codes: node 0: stopped, node 1: stopped)" in outcome
     assert cluster.status(obj)["status"]["conditions"][0]["reason"] == "DeadlineExceeded"
     _wait_gone(cluster, obj)
+
+
+def test_step_flags_become_overrides_that_torchrun_passes_on_and_the_local_cluster_maps():
+    """torchrun reads `--r` (LoRA rank) as an ambiguous option of its own and would take `--nproc` for
+    --nproc-per-node, so a TrainJob hands a step its settings as key=value overrides; locally, the path
+    in such an override is mapped like a whole path argument."""
+    from torch.distributed.run import get_args_parser
+
+    from workflows.runner.localcluster import _rewriter
+    from workflows.trainjob import as_overrides
+
+    flags = ["--data", "/data/wf/generate/data", "--r", "16", "--max-steps", "4"]
+    with pytest.raises(SystemExit):  # what the flags themselves would do
+        get_args_parser().parse_args(["-m", "steps.finetune", *flags])
+    args = as_overrides(flags)
+    assert args == ["data=/data/wf/generate/data", "r=16", "max_steps=4"]
+    assert get_args_parser().parse_args(["-m", "steps.finetune", *args]).training_script_args == args
+    with pytest.raises(ValueError, match="--flag value pairs"):
+        as_overrides(["--data"])
+    rewrite = _rewriter([("/data", Path("/tmp/vol"))])
+    assert [rewrite(a) for a in args] == ["data=/tmp/vol/wf/generate/data", "r=16", "max_steps=4"]
+    assert rewrite("/data/x") == "/tmp/vol/x" and rewrite("note=/elsewhere") == "note=/elsewhere"

@@ -206,12 +206,12 @@ def build(store: str = "s3", params: dict[str, str] | None = None, serve_port: i
         if nodes > 1:
             # several nodes: a Kubeflow Trainer TrainJob (torch-distributed runtime) on the shared claim;
             # torchrun in each node pod starts nproc ranks (numProcPerNode), so --nproc is not passed
-            from workflows.trainjob import trainjob_manifest, trainjob_step
+            from workflows.trainjob import as_overrides, trainjob_manifest, trainjob_step
 
             i = args.index("--nproc")
             manifest = trainjob_manifest(
                 name="{{workflow.name}}-%s-" % tname, image=wp("steps-image"), module="steps.finetune",
-                args=args[:i] + args[i + 2:], nodes=nodes, nproc=nproc, cpu=str(max(2, nproc)),
+                args=as_overrides(args[:i] + args[i + 2:]), nodes=nodes, nproc=nproc, cpu=str(max(2, nproc)),
                 mem=f"{max(12, 6 * nproc)}Gi", gpus=gpus, claim="kubellm-data", mount_path=DATA_MOUNT, env=[],
                 labels={"app.kubernetes.io/part-of": "kubellm", "kubellm/step": tname, **queue_labels("kubellm-training")},
                 models_claim="kubellm-models", deadline=12 * 3600)

@@ -104,6 +104,16 @@ def _count(value: int | str, what: str, allow_auto: bool) -> int | None:
     return value
 
 
+def as_overrides(args: list[str]) -> list[str]:
+    """A step's `--flag value` pairs as its `flag=value` overrides (steps._cli takes both). torchrun
+    reads every `--option` on its command line, even after the module, as one of its own where the
+    name is a prefix of one (`--r` for LoRA's rank is ambiguous among --rdzv-*, --role, ...; `--nproc`
+    would be taken as --nproc-per-node), so a step started by torchrun gets positional overrides."""
+    if len(args) % 2 or not all(a.startswith("--") for a in args[::2]):
+        raise ValueError(f"expected --flag value pairs, got {args}")
+    return [f"{flag[2:].replace('-', '_')}={value}" for flag, value in zip(args[::2], args[1::2])]
+
+
 def trainjob_manifest(*, name: str, image: str, module: str, args: list[str], nodes: int, nproc: int | str,
                       cpu: str, mem: str, gpus: str | None, claim: str | None, mount_path: str | None,
                       env: list[dict], labels: dict[str, str], runtime: str = RUNTIME,

@@ -12,6 +12,7 @@ from typing import Callable, Mapping
 from workflows.runner.binding import Binder
 from workflows.runner.errors import TaskError
 from workflows.runner.expressions import as_str, k8s_expand, seconds, subst
+from workflows.runner.localcluster import KEY_VALUE
 from workflows.runner.state import Node
 from workflows.runner.supported import check_pod_spec_patch
 
@@ -62,6 +63,9 @@ class Containers:
         ordered = sorted(mapping, key=lambda m: -len(m[0]))
 
         def rewrite(s: str) -> str:
+            kv = KEY_VALUE.match(s)  # a `key=/path` argument (a step's override) holds a path too
+            if kv:
+                return kv[1] + rewrite(kv[2])
             for c, local in ordered:
                 c = c.rstrip("/") or "/"
                 if s == c:

@@ -34,6 +34,7 @@ import copy
 import http.client
 import json
 import os
+import re
 import random
 import signal
 import socket
@@ -58,6 +59,8 @@ MERGE_KEYS = {"containers": "name", "initContainers": "name", "env": "name", "vo
               "volumeMounts": "mountPath", "ports": "containerPort", "imagePullSecrets": "name",
               "tolerations": "key"}
 NAMESPACE = "default"
+# an argument `key=/absolute/path`: the path part is mapped like a whole path argument
+KEY_VALUE = re.compile(r"([A-Za-z_][\w.-]*=)(/.*)", re.S)
 STOP_GRACE_S = 15.0
 # a TrainJob's nodes stop when no run has polled the object for this long (the runner polls every second)
 TRAINJOB_LEASE_S = 10.0
@@ -497,6 +500,9 @@ def _port(container: dict, port: Any) -> int | None:
 def _rewriter(mapping: list[tuple[str, Path]]):
     """Container paths under a mount -> the local folder that stands in for it."""
     def rewrite(s: str) -> str:
+        kv = KEY_VALUE.match(s)  # a `key=/path` argument (a step's override) holds a path too
+        if kv:
+            return kv[1] + rewrite(kv[2])
         for cpath, local in sorted(mapping, key=lambda m: -len(m[0])):
             cpath = cpath.rstrip("/")
             if s == cpath or s.startswith(cpath + "/"):
