@@ -50,22 +50,17 @@ def data(tmp_path_factory) -> Path:
 
 
 def finetune(args: list[str], check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "steps.finetune", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=1800, check=False, env=_env()) if not check else _ok(args)
+    """`python -m steps.finetune ARGS` as the finetune node runs it (not as a torchrun rank)."""
+    p = subprocess.run([sys.executable, "-m", "steps.finetune", *args], cwd=ROOT, capture_output=True, text=True,
+                       timeout=1800, env=_env())
+    if check:
+        assert p.returncode == 0, p.stderr[-4000:]
+    return p
 
 
 def _env() -> dict:
-    env = dict(os.environ)
-    env.pop("RANK", None)
-    env.pop("WORLD_SIZE", None)
-    return env
-
-
-def _ok(args: list[str]) -> subprocess.CompletedProcess:
-    p = subprocess.run([sys.executable, "-m", "steps.finetune", *args], cwd=ROOT, capture_output=True, text=True,
-                       timeout=1800, env=_env())
-    assert p.returncode == 0, p.stderr[-4000:]
-    return p
+    """This environment without torchrun's rank variables (the test may itself run under one)."""
+    return {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
 
 
 def losses(out: Path) -> list[float]:
