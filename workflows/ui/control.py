@@ -21,8 +21,8 @@ from pathlib import Path
 from workflows.runner.state import atomic_json, read_json
 
 LAUNCH_LOG = "ui-log.txt"
-# the UI reaps the runners it started (else an ended one stays a zombie that still "exists")
-_children: dict[int, subprocess.Popen] = {}
+# the runners this UI process started: it reaps them (an ended one would stay a zombie that still "exists")
+started_here: dict[int, subprocess.Popen] = {}
 
 
 class RunConflict(RuntimeError):
@@ -43,7 +43,7 @@ def _proc_start(pid: int) -> str | None:
 def pid_alive(pid: int | None, start: str | None = None) -> bool:
     if not pid:
         return False
-    proc = _children.get(pid)
+    proc = started_here.get(pid)
     if proc is not None and proc.poll() is not None:
         return False
     if Path("/proc").is_dir():
@@ -64,7 +64,7 @@ def alive(folder: Path) -> bool:
     pid = ui.get("pid")
     if pid_alive(pid, ui.get("pid_start")):
         return True
-    proc = _children.pop(pid, None) if pid else None
+    proc = started_here.pop(pid, None) if pid else None
     if proc is not None and proc.returncode is not None and ui.get("exit_code") is None:
         atomic_json(folder / "ui.json", ui | {"exit_code": proc.returncode, "ended": time.time()})
     return False
@@ -102,7 +102,7 @@ def start(folder: Path, pipeline: str, params: dict[str, str], cwd: Path | None 
             env = os.environ | {"PYTHONUNBUFFERED": "1"}
             proc = subprocess.Popen(command(pipeline, folder, params), cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        _children[proc.pid] = proc
+        started_here[proc.pid] = proc
         atomic_json(folder / "ui.json", {"pipeline": pipeline, "params": params, "pid": proc.pid,
                                          "pid_start": _proc_start(proc.pid), "started_ts": time.time(),
                                          "exit_code": None, "stop_requested": None})
