@@ -110,13 +110,11 @@ def create_app(runs_dir: Path, argo: Argo | None = None, token: str | None = Non
     def results(name: str, folder: Path) -> dict:
         where = runs.report_dir(folder)
         rel = where.relative_to(folder).as_posix() if where else None
-        html = ""
-        if where and (where / "report.md").is_file():
-            html = _markdown((where / "report.md").read_text(errors="replace"), f"/runs/{name}/files/"
-                             + (f"{rel}/" if rel not in (None, ".") else ""))
+        md = runs.report_md(folder)
+        html = _markdown(md[0], f"/runs/{name}/files/" + (f"{md[1]}/" if md[1] != "." else "")) if md else ""
         return {"report_html": html, "images": [p for p in runs.files(folder, IMAGES) if not p.startswith("nodes/")] or
                 runs.files(folder, IMAGES), "csvs": runs.files(folder, (".csv",)),
-                "report_json": f"{rel}/report.json" if where and (where / "report.json").is_file() else None,
+                "report_json": f"{rel}/report.json" if where and runs.inside(folder, where / "report.json") else None,
                 "estimates": runs.cis(runs.report_json(folder)), "params": runs.parameters_of(folder)}
 
     @app.get("/api/runs/{name}/nodes/{node}/log", response_class=PlainTextResponse)

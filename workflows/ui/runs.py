@@ -271,18 +271,31 @@ def metrics(folder: Path, only_final: bool = False) -> dict[str, float]:
     return out
 
 
+def inside(folder: Path, path: Path) -> bool:
+    """Whether `path` is a file that resolves inside `folder` (a symlink pointing out is not)."""
+    return path.is_file() and path.resolve().is_relative_to(folder.resolve())
+
+
 def report_dir(folder: Path) -> Path | None:
     """Where the run's report lives: the run folder (distill, nli, rag copy it there), else the newest
     folder holding a report.md (experiment: {root}/report/{timestamp}/)."""
-    if (folder / "report.md").is_file() or (folder / "report.json").is_file():
+    if inside(folder, folder / "report.md") or inside(folder, folder / "report.json"):
         return folder
-    hits = sorted(folder.glob("**/report.md"), key=lambda p: p.stat().st_mtime)
+    hits = sorted((p for p in folder.glob("**/report.md") if inside(folder, p)), key=lambda p: p.stat().st_mtime)
     return hits[-1].parent if hits else None
 
 
 def report_json(folder: Path) -> dict:
     where = report_dir(folder)
-    return (read_json(where / "report.json") or {}) if where else {}
+    return (read_json(where / "report.json") or {}) if where and inside(folder, where / "report.json") else {}
+
+
+def report_md(folder: Path) -> tuple[str, str] | None:
+    """(text of the run's report.md, its folder relative to the run folder), when there is one."""
+    where = report_dir(folder)
+    if where is None or not inside(folder, where / "report.md"):
+        return None
+    return (where / "report.md").read_text(errors="replace"), where.relative_to(folder).as_posix()
 
 
 def cis(report: dict, limit: int = 200) -> dict[str, dict]:
@@ -308,7 +321,7 @@ def files(folder: Path, suffixes: tuple[str, ...], limit: int = 50) -> list[str]
     """Paths (relative to the run folder) of the run's files with these suffixes, node logs aside."""
     found = []
     for p in sorted(folder.rglob("*")):
-        if p.suffix.lower() in suffixes and p.is_file() and not p.is_symlink():
+        if p.suffix.lower() in suffixes and not p.is_symlink() and inside(folder, p):
             found.append(p.relative_to(folder).as_posix())
             if len(found) >= limit:
                 break
@@ -335,7 +348,9 @@ def list_runs(root: Path) -> list[dict]:
             continue
         try:
             rows.append(summary(root, d.name))
-        except (NotARun, OSError, ValueError) as e:
+        except NotARun:
+            continue  # a symlink out of the runs folder: refused, so not offered
+        except (OSError, ValueError) as e:
             rows.append({"name": d.name, "pipeline": "?", "status": "Unreadable", "message": str(e), "started": None,
                          "finished": None, "duration_s": None, "metrics": {}, "verdict": None, "by_ui": False})
     return sorted(rows, key=lambda r: r.get("started") or "", reverse=True)
