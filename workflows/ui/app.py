@@ -170,6 +170,7 @@ def create_app(runs_dir: Path, argo: Argo | None = None, token: str | None = Non
         form = {k: str(v) for k, v in (await request.form()).items()}
         params = forms.given(pipeline, form)
         to_argo = target == "argo" and argo is not None
+        status = 422
         errors = forms.check(pipeline, params, local=not to_argo)
         folder = None
         if not to_argo:
@@ -186,13 +187,14 @@ def create_app(runs_dir: Path, argo: Argo | None = None, token: str | None = Non
             from workflows.cli import compile_doc
 
             try:
-                doc = compile_doc(pipeline, store, params)
+                return RedirectResponse(f"/argo/{argo.submit(compile_doc(pipeline, store, params))}", 303)
             except SystemExit as e:
                 errors[forms.FORM_ERROR] = str(e)
-            else:
-                return RedirectResponse(f"/argo/{argo.submit(doc)}", 303)
+            except ArgoError as e:  # the form stays filled in: submit again once the server is back
+                errors[forms.FORM_ERROR] = str(e)
+                status = 502
         if errors:
-            return page(request, "new.html", 422, pipeline=pipeline, fields=forms.fields(pipeline, form, errors),
+            return page(request, "new.html", status, pipeline=pipeline, fields=forms.fields(pipeline, form, errors),
                         errors=errors, run_name=run_name, target=target, store=store)
         try:
             control.start(folder, pipeline, params, cwd)
