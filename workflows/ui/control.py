@@ -1,0 +1,134 @@
+"""Starting, stopping and resuming local runs from the UI, recorded in the run folder (`ui.json`).
+
+A run is `python -m workflows.cli run PIPELINE --out RUNS/NAME -p k=v ...`, the very command a
+person types, started in a session of its own so that it outlives the UI; its output goes to
+`ui-log.txt`. Stop sends SIGINT to that process group, as Ctrl-C in a terminal would: the runner
+stops its nodes, writes run.json ("interrupted") and exits. Resume starts the same command on the
+same folder, and the runner reuses the finished nodes. Two runners never share a folder: a start
+holds an flock on `.ui.lock` while it checks that none runs and records the new pid.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from workflows.runner.state import atomic_json, read_json
+
+LAUNCH_LOG = "ui-log.txt"
+# the runners this UI process started: it reaps them (an ended one would stay a zombie that still "exists")
+started_here: dict[int, subprocess.Popen] = {}
+
+
+class RunConflict(RuntimeError):
+    """A start or stop that cannot be done now (a runner already on the folder, nothing to stop)."""
+
+
+def _proc_start(pid: int) -> str | None:
+    """The kernel's start time of a process (/proc/PID/stat field 22), to tell a reused pid apart;
+    None where /proc is not there or the process is gone or a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2:].split()
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def pid_alive(pid: int | None, start: str | None = None) -> bool:
+    if not pid:
+        return False
+    proc = started_here.get(pid)
+    if proc is not None and proc.poll() is not None:
+        return False
+    if Path("/proc").is_dir():
+        now = _proc_start(pid)
+        return now is not None and (start is None or now == start)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def alive(folder: Path) -> bool:
+    """Whether the runner the UI started for this folder still runs; its exit code is recorded once it ended."""
+    ui = read_json(folder / "ui.json") or {}
+    pid = ui.get("pid")
+    if pid_alive(pid, ui.get("pid_start")):
+        return True
+    proc = started_here.pop(pid, None) if pid else None
+    if proc is not None and proc.returncode is not None and ui.get("exit_code") is None:
+        atomic_json(folder / "ui.json", ui | {"exit_code": proc.returncode, "ended": time.time()})
+    return False
+
+
+def launch_log_tail(folder: Path, lines: int = 20) -> str:
+    from workflows.ui.runs import log_tail
+
+    return log_tail(folder / LAUNCH_LOG, lines)
+
+
+def command(pipeline: str, folder: Path, params: dict[str, str]) -> list[str]:
+    argv = [sys.executable, "-m", "workflows.cli", "run", pipeline, "--out", str(folder)]
+    for k, v in params.items():
+        argv += ["-p", f"{k}={v}"]
+    return argv
+
+
+def start(folder: Path, pipeline: str, params: dict[str, str], cwd: Path | None = None) -> int:
+    """Start the runner on `folder` (new or to resume), detached; its pid. RunConflict when one runs."""
+    from workflows.ui.runs import running_elsewhere
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".ui.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if alive(folder):
+            raise RunConflict(f"a runner started here already works on {folder.name}; stop it first")
+        if running_elsewhere(folder):
+            raise RunConflict(f"{folder.name} is being run by another process (a node log changed in the last "
+                              "minute); stop that `kubellm run` first")
+        with open(folder / LAUNCH_LOG, "ab") as log:
+            log.write(f"=== {time.strftime('%Y-%m-%dT%H:%M:%S')} kubellm ui starts: kubellm run {pipeline} "
+                      f"--out {folder} {' '.join(f'-p {k}={v}' for k, v in params.items())}\n".encode())
+            log.flush()
+            env = os.environ | {"PYTHONUNBUFFERED": "1"}
+            proc = subprocess.Popen(command(pipeline, folder, params), cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        started_here[proc.pid] = proc
+        atomic_json(folder / "ui.json", {"pipeline": pipeline, "params": params, "pid": proc.pid,
+                                         "pid_start": _proc_start(proc.pid), "started_ts": time.time(),
+                                         "exit_code": None, "stop_requested": None})
+    return proc.pid
+
+
+def stop(folder: Path) -> None:
+    """SIGINT to the runner's process group: the runner stops its nodes and records the run as interrupted."""
+    ui = read_json(folder / "ui.json") or {}
+    if not alive(folder):
+        raise RunConflict(f"no runner started by the UI is running on {folder.name}")
+    atomic_json(folder / "ui.json", ui | {"stop_requested": time.time()})
+    try:
+        os.killpg(ui["pid"], signal.SIGINT)
+    except ProcessLookupError:
+        pass
+
+
+def resume_params(folder: Path, spec: dict) -> dict[str, str]:
+    """The parameters to start the same run again: what the UI was given, else the recorded values
+    that differ from the pipeline's defaults (a default is left to the compile, so the spec matches)."""
+    from workflows.ui.runs import parameters_of
+
+    ui = read_json(folder / "ui.json") or {}
+    if ui.get("params") is not None:
+        return dict(ui["params"])
+    name = (read_json(folder / "workflow.json") or {}).get("name", "")
+    return {k: v for k, v in parameters_of(folder).items()
+            if k in spec and v not in (spec[k].default, spec[k].default.replace("{{workflow.name}}", name))}

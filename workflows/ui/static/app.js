@@ -1,0 +1,155 @@
+// kubellm ui: the run pages poll a JSON endpoint every 2 s and redraw the node table; text only
+// goes in through textContent, so nothing a run wrote can become markup here.
+"use strict";
+
+const POLL_MS = 2000;
+
+function fmtDuration(s) {
+  if (s === null || s === undefined) return "-";
+  const n = Math.floor(s);
+  if (n >= 3600) return `${Math.floor(n / 3600)}h${String(Math.floor((n % 3600) / 60)).padStart(2, "0")}m`;
+  if (n >= 60) return `${Math.floor(n / 60)}m${String(n % 60).padStart(2, "0")}s`;
+  return `${Number(s).toFixed(1)}s`;
+}
+
+function cell(text, cls) {
+  const td = document.createElement("td");
+  if (cls) td.className = cls;
+  td.textContent = text === null || text === undefined ? "" : String(text);
+  return td;
+}
+
+function phaseCell(phase, extra) {
+  const td = document.createElement("td");
+  const span = document.createElement("span");
+  span.className = `phase ${phase}`;
+  span.textContent = phase + (extra || "");
+  td.appendChild(span);
+  return td;
+}
+
+function linkCell(text, cls, data) {
+  const td = document.createElement("td");
+  const a = document.createElement("a");
+  a.href = "#log";
+  a.className = cls;
+  a.textContent = text;
+  Object.assign(a.dataset, data);
+  td.appendChild(a);
+  return td;
+}
+
+function setStatus(phase) {
+  const el = document.getElementById("status");
+  if (el) { el.textContent = phase; el.className = `phase ${phase}`; }
+}
+
+async function getJSON(url) {
+  const r = await fetch(url, {credentials: "same-origin"});
+  if (!r.ok) throw new Error(`${url}: ${r.status}`);
+  return r.json();
+}
+
+// -- a local run ---------------------------------------------------------------------------------
+
+function localRun(root) {
+  const name = root.dataset.name;
+  let logNode = null;
+  const base = `/api/runs/${encodeURIComponent(name)}`;
+
+  async function showLog() {
+    if (!logNode) return;
+    const r = await fetch(`${base}/nodes/${encodeURIComponent(logNode)}/log?tail=200`, {credentials: "same-origin"});
+    const pre = document.getElementById("log-text");
+    const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+    pre.textContent = r.ok ? await r.text() : `(no log: ${r.status})`;
+    if (atBottom) pre.scrollTop = pre.scrollHeight;
+  }
+
+  function render(run) {
+    setStatus(run.status);
+    document.getElementById("duration").textContent = fmtDuration(run.duration_s);
+    document.getElementById("run-message").textContent = run.message || "";
+    document.getElementById("stop-form").hidden = !run.can_stop;
+    document.getElementById("resume-form").hidden = !run.can_resume;
+    const launch = document.getElementById("launch-log");
+    launch.hidden = !run.launch_log;
+    launch.textContent = run.launch_log || "";
+    const body = document.querySelector("#nodes tbody");
+    body.replaceChildren(...run.nodes.map((n) => {
+      const tr = document.createElement("tr");
+      tr.dataset.node = n.id;
+      tr.append(n.has_log ? linkCell(n.id, "log-link", {node: n.id}) : cell(n.id), cell(n.depends),
+                phaseCell(n.phase, n.reused ? " (reused)" : ""), cell(n.progress), cell(fmtDuration(n.duration_s)),
+                cell(n.attempts), cell(n.message, "small"));
+      return tr;
+    }));
+  }
+
+  async function tick() {
+    try {
+      const run = await getJSON(base);
+      render(run);
+      await showLog();
+      if (run.status === "Running") setTimeout(tick, POLL_MS);
+      else setTimeout(tick, POLL_MS * 5);  // a finished run can be resumed from elsewhere: look now and then
+    } catch (e) {
+      document.getElementById("run-message").textContent = `cannot refresh: ${e.message}`;
+      setTimeout(tick, POLL_MS * 2);
+    }
+  }
+
+  root.addEventListener("click", (ev) => {
+    const a = ev.target.closest("a.log-link");
+    if (!a) return;
+    logNode = a.dataset.node;
+    document.getElementById("log-node").textContent = logNode;
+    showLog();
+  });
+  setTimeout(tick, POLL_MS);
+}
+
+// -- an Argo workflow ----------------------------------------------------------------------------
+
+function argoWorkflow(root) {
+  const name = root.dataset.name;
+  let pod = null;
+
+  async function showLog() {
+    if (!pod) return;
+    const r = await fetch(`/api/argo/${encodeURIComponent(name)}/log?pod=${encodeURIComponent(pod)}&tail=200`,
+                          {credentials: "same-origin"});
+    document.getElementById("log-text").textContent = r.ok ? await r.text() : `(no log: ${await r.text()})`;
+  }
+
+  async function tick() {
+    try {
+      const wf = await getJSON(`/api/argo/${encodeURIComponent(name)}`);
+      setStatus(wf.phase);
+      document.querySelector("#nodes tbody").replaceChildren(...wf.nodes.map((n) => {
+        const tr = document.createElement("tr");
+        tr.append(n.pod ? linkCell(n.name, "argo-log-link", {pod: n.pod}) : cell(n.name), cell(n.template),
+                  phaseCell(n.phase), cell(n.progress), cell(fmtDuration(n.duration_s)), cell(n.message, "small"));
+        return tr;
+      }));
+      await showLog();
+      setTimeout(tick, wf.phase === "Running" || wf.phase === "Pending" ? POLL_MS : POLL_MS * 5);
+    } catch (e) {
+      setTimeout(tick, POLL_MS * 3);
+    }
+  }
+
+  root.addEventListener("click", (ev) => {
+    const a = ev.target.closest("a.argo-log-link");
+    if (!a) return;
+    pod = a.dataset.pod;
+    document.getElementById("log-node").textContent = pod;
+    showLog();
+  });
+  setTimeout(tick, POLL_MS);
+}
+
+const runRoot = document.getElementById("run");
+if (runRoot) localRun(runRoot);
+const argoRoot = document.getElementById("argo-wf");
+if (argoRoot) argoWorkflow(argoRoot);
