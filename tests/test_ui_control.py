@@ -38,8 +38,9 @@ while True:
 def fake_runner(monkeypatch, tmp_path):
     script = tmp_path / "fake_runner.py"
     script.write_text(FAKE_RUNNER)
-    monkeypatch.setattr(control, "command", lambda pipeline, folder, params: [
-        sys.executable, str(script), str(folder), pipeline, *[f"{k}={v}" for k, v in params.items()]])
+    monkeypatch.setattr(control, "command", lambda pipeline, folder, params, options=None: [
+        sys.executable, str(script), str(folder), pipeline, *[f"{k}={v}" for k, v in params.items()],
+        *[f"--{k}={v}" for k, v in (options or {}).items()]])
     yield
     for pid, proc in list(control.started_here.items()):  # never leave one running
         if proc.poll() is None:
@@ -88,7 +89,7 @@ def test_start_stop_resume(tmp_path, fake_runner):
 
 
 def test_a_runner_that_dies_at_once_shows_its_output(tmp_path, monkeypatch):
-    monkeypatch.setattr(control, "command", lambda pipeline, folder, params: [
+    monkeypatch.setattr(control, "command", lambda pipeline, folder, params, options=None: [
         sys.executable, "-c", "import sys; sys.exit('distill: parameter steps=0 must be >= 1')"])
     root = tmp_path / "runs"
     control.start(root / "d1", "distill", {})

@@ -15,8 +15,8 @@ from workflows.ui.app import create_app
 @pytest.fixture
 def started(monkeypatch):
     calls = []
-    monkeypatch.setattr(control, "start", lambda folder, pipeline, params, cwd=None: calls.append(
-        (folder.name, pipeline, params)) or 4242)
+    monkeypatch.setattr(control, "start", lambda folder, pipeline, params, cwd=None, options=None: calls.append(
+        (folder.name, pipeline, params, options)) or 4242)
     return calls
 
 
@@ -74,7 +74,33 @@ def test_valid_parameters_start_the_run_with_only_what_differs(client, started):
     r = client.post("/new/distill", data={"run_name": "d1", "steps": "20", "student": "smollm2-135m"},
                     follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == "/runs/d1"
-    assert started == [("d1", "distill", {"steps": "20"})]
+    assert started == [("d1", "distill", {"steps": "20"}, {"store": "s3"})]
+
+
+def test_run_options_go_to_the_runner_and_bad_ones_are_refused_beside_their_fields(client, started):
+    r = client.post("/new/nli", data={"run_name": "n1", "store": "pvc", "jobs": "2", "serve_port": "18931"},
+                    follow_redirects=False)
+    assert r.status_code == 303
+    assert started == [("n1", "nli", {}, {"store": "pvc", "jobs": "2", "serve_port": "18931"})]
+    r = client.post("/new/nli", data={"run_name": "n2", "store": "nfs", "jobs": "0", "serve_port": "80"})
+    assert r.status_code == 422 and len(started) == 1
+    assert "choose s3 or pvc" in field_html(r.text, "store")
+    assert "jobs=&#39;0&#39;: give a whole number from 1 to 64" in field_html(r.text, "jobs")
+    assert "serve-port=&#39;80&#39;: give a whole number from 1024 to 65535" in field_html(r.text, "serve_port")
+    assert 'value="0"' in field_html(r.text, "jobs")  # the form keeps what was typed
+
+
+def test_what_only_the_compile_refuses_is_shown_before_anything_starts(client, started, tmp_path):
+    r = client.post("/new/distill", data={"run_name": "mn", "nodes": "2", "store": "s3"})
+    assert r.status_code == 422 and started == [] and not (tmp_path / "runs" / "mn").exists()
+    assert "--store pvc" in field_html(r.text, "nodes")
+
+
+def test_the_form_offers_a_run_folder_not_taken_yet(client, tmp_path):
+    from tests.runfolders import make_run
+
+    make_run(tmp_path / "runs", "nli", phase="Succeeded")
+    assert 'name="run_name" value="nli-2"' in client.get("/new/nli").text
 
 
 def test_an_existing_run_is_not_overwritten(client, started, tmp_path):

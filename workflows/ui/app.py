@@ -112,8 +112,9 @@ def create_app(runs_dir: Path, argo: Argo | None = None, token: str | None = Non
         rel = where.relative_to(folder).as_posix() if where else None
         md = runs.report_md(folder)
         html = _markdown(md[0], f"/runs/{name}/files/" + (f"{md[1]}/" if md[1] != "." else "")) if md else ""
-        return {"report_html": html, "images": [p for p in runs.files(folder, IMAGES) if not p.startswith("nodes/")] or
-                runs.files(folder, IMAGES), "csvs": runs.files(folder, (".csv",)),
+        images = [p for p in runs.files(folder, IMAGES) if not p.startswith("nodes/")] or runs.files(folder, IMAGES)
+        shown = [p for p in images if f'src="/runs/{name}/files/{p}"' not in html]  # the report shows the rest
+        return {"report_html": html, "images": shown, "csvs": runs.files(folder, (".csv",)),
                 "report_json": f"{rel}/report.json" if where and runs.inside(folder, where / "report.json") else None,
                 "estimates": runs.cis(runs.report_json(folder)), "params": runs.parameters_of(folder)}
 
@@ -142,7 +143,8 @@ def create_app(runs_dir: Path, argo: Argo | None = None, token: str | None = Non
             return message(request, f"{name}: cannot tell which pipeline made this run, so it cannot be resumed "
                                     "from here; use `kubellm run PIPELINE --out ...`", 409, "Cannot resume")
         try:
-            control.start(folder, pipeline, control.resume_params(folder, forms.pipeline_params(pipeline)), cwd)
+            control.start(folder, pipeline, control.resume_params(folder, forms.pipeline_params(pipeline)), cwd,
+                          control.resume_options(folder))
         except control.RunConflict as e:
             return message(request, str(e), 409, "Cannot resume")
         return RedirectResponse(f"/runs/{name}", 303)
@@ -150,7 +152,9 @@ def create_app(runs_dir: Path, argo: Argo | None = None, token: str | None = Non
     @app.get("/compare", response_class=HTMLResponse)
     def compare(request: Request, a: str = "", b: str = ""):
         if not a or not b:
-            return page(request, "compare.html", cmp=None, names=[r["name"] for r in runs.list_runs(root)])
+            names = [r["name"] for r in runs.list_runs(root)]
+            b = b or next((n for n in names if n != a), "")
+            return page(request, "compare.html", cmp=None, names=names, a=a, b=b)
         return page(request, "compare.html", cmp=runs.compare(root, a, b), names=[])
 
     # -- configure and start ---------------------------------------------------------------------
@@ -160,11 +164,10 @@ def create_app(runs_dir: Path, argo: Argo | None = None, token: str | None = Non
         if pipeline not in PIPELINES:
             return message(request, f"unknown pipeline {pipeline!r}; available: {', '.join(PIPELINES)}")
         return page(request, "new.html", pipeline=pipeline, fields=forms.fields(pipeline), errors={},
-                    run_name=pipeline, target=target if argo else "local", store="s3")
+                    run_name=_free_name(root, pipeline), target=target if argo else "local", opts={"store": "s3"})
 
     @app.post("/new/{pipeline}", response_class=HTMLResponse)
-    async def submit(request: Request, pipeline: str, run_name: str = Form(""), target: str = Form("local"),
-                     store: str = Form("s3")):
+    async def submit(request: Request, pipeline: str, run_name: str = Form(""), target: str = Form("local")):
         if pipeline not in PIPELINES:
             return message(request, f"unknown pipeline {pipeline!r}; available: {', '.join(PIPELINES)}")
         form = {k: str(v) for k, v in (await request.form()).items()}
@@ -172,6 +175,9 @@ def create_app(runs_dir: Path, argo: Argo | None = None, token: str | None = Non
         to_argo = target == "argo" and argo is not None
         status = 422
         errors = forms.check(pipeline, params, local=not to_argo)
+        opts, opt_errors = forms.options(form)
+        errors |= opt_errors
+        store = opts["store"]
         folder = None
         if not to_argo:
             try:
@@ -181,11 +187,14 @@ def create_app(runs_dir: Path, argo: Argo | None = None, token: str | None = Non
                                           if runs.is_run(folder) else f"{folder} exists and is not a run; choose another name")
             except runs.NotARun as e:
                 errors["run_name"] = str(e)
-        if store not in ("s3", "pvc"):
-            errors["store"] = "store must be s3 or pvc"
-        if not errors and to_argo:
-            from workflows.cli import compile_doc
+        from workflows.cli import compile_doc
 
+        if not errors and not to_argo:  # what only the compile finds (e.g. nodes > 1 on the s3 store)
+            try:
+                compile_doc(pipeline, store, params, int(opts["serve_port"]) if "serve_port" in opts else None)
+            except SystemExit as e:
+                errors[forms.field_of(str(e), list(forms.pipeline_params(pipeline)))] = str(e)
+        if not errors and to_argo:
             try:
                 return RedirectResponse(f"/argo/{argo.submit(compile_doc(pipeline, store, params))}", 303)
             except SystemExit as e:
@@ -195,9 +204,9 @@ def create_app(runs_dir: Path, argo: Argo | None = None, token: str | None = Non
                 status = 502
         if errors:
             return page(request, "new.html", status, pipeline=pipeline, fields=forms.fields(pipeline, form, errors),
-                        errors=errors, run_name=run_name, target=target, store=store)
+                        errors=errors, run_name=run_name, target=target, opts=form)
         try:
-            control.start(folder, pipeline, params, cwd)
+            control.start(folder, pipeline, params, cwd, opts)
         except control.RunConflict as e:
             return message(request, str(e), 409, "Cannot start")
         return RedirectResponse(f"/runs/{run_name}", 303)
@@ -245,6 +254,15 @@ def create_app(runs_dir: Path, argo: Argo | None = None, token: str | None = Non
         return RedirectResponse(f"/argo/{name}", 303)
 
     return app
+
+
+def _free_name(root: Path, pipeline: str) -> str:
+    """A run folder name not taken yet: the pipeline's name, else name-2, name-3, ..."""
+    name, i = pipeline, 1
+    while (root / name).exists():
+        i += 1
+        name = f"{pipeline}-{i}"
+    return name
 
 
 def _duration(seconds: float | None) -> str:

@@ -76,15 +76,24 @@ def launch_log_tail(folder: Path, lines: int = 20) -> str:
     return log_tail(folder / LAUNCH_LOG, lines)
 
 
-def command(pipeline: str, folder: Path, params: dict[str, str]) -> list[str]:
+# `kubellm run` options the form offers beside the parameters: option -> its flag
+OPTIONS = {"store": "--store", "jobs": "--jobs", "serve_port": "--serve-port"}
+
+
+def command(pipeline: str, folder: Path, params: dict[str, str], options: dict[str, str] | None = None) -> list[str]:
     argv = [sys.executable, "-m", "workflows.cli", "run", pipeline, "--out", str(folder)]
+    for k, v in (options or {}).items():
+        if v not in (None, ""):
+            argv += [OPTIONS[k], str(v)]
     for k, v in params.items():
         argv += ["-p", f"{k}={v}"]
     return argv
 
 
-def start(folder: Path, pipeline: str, params: dict[str, str], cwd: Path | None = None) -> int:
-    """Start the runner on `folder` (new or to resume), detached; its pid. RunConflict when one runs."""
+def start(folder: Path, pipeline: str, params: dict[str, str], cwd: Path | None = None,
+          options: dict[str, str] | None = None) -> int:
+    """Start the runner on `folder` (new or to resume), detached; its pid. RunConflict when one runs.
+    `options`: store, jobs, serve_port, as `kubellm run` takes them."""
     from workflows.ui.runs import running_elsewhere
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -96,14 +105,15 @@ def start(folder: Path, pipeline: str, params: dict[str, str], cwd: Path | None 
             raise RunConflict(f"{folder.name} is being run by another process (a node log changed in the last "
                               "minute); stop that `kubellm run` first")
         with open(folder / LAUNCH_LOG, "ab") as log:
-            log.write(f"=== {time.strftime('%Y-%m-%dT%H:%M:%S')} kubellm ui starts: kubellm run {pipeline} "
-                      f"--out {folder} {' '.join(f'-p {k}={v}' for k, v in params.items())}\n".encode())
+            argv = command(pipeline, folder, params, options)
+            log.write(f"=== {time.strftime('%Y-%m-%dT%H:%M:%S')} kubellm ui starts: kubellm "
+                      f"{' '.join(argv[3:])}\n".encode())
             log.flush()
             env = os.environ | {"PYTHONUNBUFFERED": "1"}
-            proc = subprocess.Popen(command(pipeline, folder, params), cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         started_here[proc.pid] = proc
-        atomic_json(folder / "ui.json", {"pipeline": pipeline, "params": params, "pid": proc.pid,
+        atomic_json(folder / "ui.json", {"pipeline": pipeline, "params": params, "options": options or {}, "pid": proc.pid,
                                          "pid_start": _proc_start(proc.pid), "started_ts": time.time(),
                                          "exit_code": None, "stop_requested": None})
     return proc.pid
@@ -132,3 +142,16 @@ def resume_params(folder: Path, spec: dict) -> dict[str, str]:
     name = (read_json(folder / "workflow.json") or {}).get("name", "")
     return {k: v for k, v in parameters_of(folder).items()
             if k in spec and v not in (spec[k].default, spec[k].default.replace("{{workflow.name}}", name))}
+
+
+def resume_options(folder: Path) -> dict[str, str]:
+    """The `kubellm run` options to start the same run again: those the UI was given, else the store
+    the compiled workflow was made for (a pvc-store workflow mounts the kubellm-data claim)."""
+    from workflows.ui.runs import spec_of
+
+    ui = read_json(folder / "ui.json") or {}
+    if ui.get("options") is not None:
+        return dict(ui["options"])
+    volumes = spec_of(folder).get("volumes") or []
+    pvc = any((v.get("persistentVolumeClaim") or {}).get("claimName") == "kubellm-data" for v in volumes)
+    return {"store": "pvc" if pvc else "s3"}

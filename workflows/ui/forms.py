@@ -77,3 +77,24 @@ def check(pipeline: str, params: dict[str, str], local: bool = True) -> dict[str
     except (ValueError, OSError) as e:
         errors[field_of(str(e), list(spec))] = str(e)
     return errors
+
+
+def options(form: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """The `kubellm run` options a form sets (store, jobs, serve_port) and the errors of those it
+    refuses, keyed by option name. Empty means the default, as when the flag is left out."""
+    opts: dict[str, str] = {}
+    errors: dict[str, str] = {}
+    store = (form.get("store") or "s3").strip()
+    if store not in ("s3", "pvc"):
+        errors["store"] = f"store {store!r}: choose s3 or pvc"
+    opts["store"] = store
+    for name, low, high, what in (("jobs", 1, 64, "nodes running at once"),
+                                  ("serve_port", 1024, 65535, "a local TCP port for the model server")):
+        v = (form.get(name) or "").strip()
+        if not v:
+            continue
+        if not v.isdigit() or not low <= int(v) <= high:
+            errors[name] = f"{name.replace('_', '-')}={v!r}: give a whole number from {low} to {high} ({what}), or leave it empty"
+        else:
+            opts[name] = str(int(v))
+    return opts, errors

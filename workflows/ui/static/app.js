@@ -57,10 +57,24 @@ function localRun(root) {
   let logNode = null;
   const base = `/api/runs/${encodeURIComponent(name)}`;
 
+  let chosen = false;  // a node the user clicked; until then the log follows the running (or last) node
+
+  function follow(run) {
+    if (chosen) return;
+    const withLog = run.nodes.filter((n) => n.has_log);
+    const running = withLog.filter((n) => n.phase === "Running");
+    const pick = running.length ? running[running.length - 1] : withLog[withLog.length - 1];
+    if (pick && pick.id !== logNode) {
+      logNode = pick.id;
+      document.getElementById("log-node").textContent = `${logNode} (following the run; click a node to pick one)`;
+    }
+  }
+
   async function showLog() {
+    const pre = document.getElementById("log-text");
+    pre.hidden = !logNode;
     if (!logNode) return;
     const r = await fetch(`${base}/nodes/${encodeURIComponent(logNode)}/log?tail=200`, {credentials: "same-origin"});
-    const pre = document.getElementById("log-text");
     const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
     pre.textContent = r.ok ? await r.text() : `(no log: ${r.status})`;
     if (atBottom) pre.scrollTop = pre.scrollHeight;
@@ -89,7 +103,12 @@ function localRun(root) {
   async function tick() {
     try {
       const run = await getJSON(base);
+      if (run.status !== root.dataset.status && (run.status === "Running" || root.dataset.status === "Running")) {
+        location.reload();  // started or ended: the results and buttons as the server renders them now
+        return;
+      }
       render(run);
+      follow(run);
       await showLog();
       if (run.status === "Running") setTimeout(tick, POLL_MS);
       else setTimeout(tick, POLL_MS * 5);  // a finished run can be resumed from elsewhere: look now and then
@@ -103,10 +122,11 @@ function localRun(root) {
     const a = ev.target.closest("a.log-link");
     if (!a) return;
     logNode = a.dataset.node;
+    chosen = true;
     document.getElementById("log-node").textContent = logNode;
     showLog();
   });
-  setTimeout(tick, POLL_MS);
+  tick();
 }
 
 // -- an Argo workflow ----------------------------------------------------------------------------
@@ -149,6 +169,28 @@ function argoWorkflow(root) {
   setTimeout(tick, POLL_MS);
 }
 
+// -- the runs list: reload when a run appears, goes or changes status (e.g. a `kubellm run` in a terminal)
+
+function runsList(table) {
+  const shown = () => JSON.stringify([...table.querySelectorAll("tr[data-run]")].map(
+    (tr) => [tr.dataset.run, tr.dataset.status]));
+  const before = shown();
+  async function tick() {
+    try {
+      const rows = await getJSON("/api/runs");
+      const now = JSON.stringify(rows.map((r) => [r.name, r.status]));
+      if (now !== before) { location.reload(); return; }
+      const running = rows.some((r) => r.status === "Running");
+      setTimeout(tick, running ? POLL_MS : POLL_MS * 5);
+    } catch (e) {
+      setTimeout(tick, POLL_MS * 5);
+    }
+  }
+  setTimeout(tick, POLL_MS);
+}
+
+const runsTable = document.getElementById("runs-list");
+if (runsTable) runsList(runsTable);
 const runRoot = document.getElementById("run");
 if (runRoot) localRun(runRoot);
 const argoRoot = document.getElementById("argo-wf");
