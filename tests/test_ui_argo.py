@@ -5,8 +5,10 @@ that is not there."""
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
+import yaml
 from fastapi.testclient import TestClient
 
 from tests.argoserver import ArgoServer, workflow
@@ -14,6 +16,13 @@ from workflows.ui.app import create_app
 from workflows.ui.argo import Argo, ArgoError, fnv32a, pod_name
 
 TOKEN = "eyJhbGciOi.secret-token"
+RECORDED = Path(__file__).parent / "fixtures" / "argo_recorded"  # status written by a real controller
+
+
+def recorded(name: str) -> dict:
+    wf = yaml.safe_load((RECORDED / f"{name}.yaml").read_text())
+    wf["metadata"].setdefault("namespace", "argo")
+    return wf
 
 
 @pytest.fixture
@@ -115,3 +124,43 @@ def test_a_stopped_server_gives_a_clear_message_and_loses_nothing(tmp_path):
     assert [x["name"] for x in client.get("/api/runs").json()] == ["local-run"]  # local runs unaffected
     with pytest.raises(ArgoError, match="connection refused"):
         Argo(f"http://127.0.0.1:{port}").list()
+
+
+def test_workflows_as_a_real_controller_left_them(tmp_path):
+    """Nested DAGs, suspend nodes and v2 pod names (k3d), retries and an omitted task (minikube)."""
+    with ArgoServer(token=f"Bearer {TOKEN}") as server:
+        failed = server.add(recorded("fail-two-nested-dag-suspend"))
+        running = server.add(recorded("retry-with-dags"))
+        client = TestClient(create_app(tmp_path / "runs", argo=Argo(server.url, "argo", TOKEN)),
+                            base_url="http://127.0.0.1")
+        page = client.get("/argo").text
+        assert 'href="/argo/fail-two-nested-dag-suspend"' in page and 'href="/argo/retry-with-dags"' in page
+
+        wf = client.get("/api/argo/fail-two-nested-dag-suspend").json()
+        assert wf["phase"] == "Failed" and wf["progress"] == "11/12"
+        want = {n["id"]: n for n in failed["status"]["nodes"].values() if n["type"] in ("Pod", "Suspend")}
+        got = {n["id"]: n for n in wf["nodes"]}
+        assert set(got) == set(want)  # no DAG nodes; every pod and approval step
+        for nid, n in want.items():
+            assert got[nid]["phase"] == n["phase"] and got[nid]["name"] == n["displayName"]
+            if n["type"] == "Pod":  # v2: workflow-template-fnv32a(node name)
+                assert got[nid]["pod"] == f"fail-two-nested-dag-suspend-{n['templateName']}-{fnv32a(n['name'])}"
+            else:
+                assert got[nid]["pod"] is None
+        assert [n["started"] for n in wf["nodes"]] == sorted(n["started"] for n in wf["nodes"])
+        html = client.get("/argo/fail-two-nested-dag-suspend").text
+        assert all(n["displayName"] in html for n in want.values())
+
+        wf = client.get("/api/argo/retry-with-dags").json()
+        by_name = {n["name"]: n for n in wf["nodes"]}
+        assert set(by_name) == {"success1(0)", "fail(0)", "fail(1)", "success2"}  # attempts, not Retry parents
+        assert by_name["fail(1)"]["message"] == "failed with exit code 1" and by_name["success2"]["phase"] == "Omitted"
+        assert by_name["fail(0)"]["duration_s"] == 4.0  # 00:26:37 -> 00:26:41
+        pod = by_name["fail(1)"]["pod"]
+        assert pod == f"retry-with-dags-fail-{fnv32a('retry-with-dags.sub-dag1.fail(1)')}"
+        server.logs[pod] = "sh: exit 1\n"
+        assert client.get(f"/api/argo/retry-with-dags/log?pod={pod}").text == "sh: exit 1"
+        assert running["status"]["phase"] == "Running"
+
+        assert client.post("/argo/fail-two-nested-dag-suspend/retry", follow_redirects=False).status_code == 303
+        assert server.workflows["fail-two-nested-dag-suspend"]["status"]["phase"] == "Running"
