@@ -181,22 +181,21 @@ def test_start_watch_stop_resume_report_and_compare_in_chromium(tmp_path, cache_
             # a second run, one parameter changed, compared with the first
             start_from_form(page, ui.url, "tiny-b", TINY | {"steps": "4"}, port)
             wait_status(page, "Succeeded", 600)
-            page.goto(f"{ui.url}/compare")
-            page.select_option("select[name=a]", "tiny-a")
-            page.select_option("select[name=b]", "tiny-b")
-            page.click("form[action='/compare'] button")
-            diff = page.text_content("#param-diff")
-            assert "steps" in diff and "3" in diff and "4" in diff
+            page.goto(ui.url)
+            rows = page.eval_on_selector_all("#runs tr[data-run]", "rs => rs.map(r => [r.dataset.run, r.dataset.status])")
+            assert rows == [["tiny-b", "Succeeded"], ["tiny-a", "Succeeded"]]  # newest first
+            shot(page, "05-runs.png")
+            page.check("#runs input[value=tiny-a]")
+            page.check("#runs input[value=tiny-b]")
+            page.click("#compare-form button[type=submit]")
+            assert page.text_content("#compare-head th:nth-child(2)") == "tiny-a"  # the older run is A
+            diff = page.text_content("#param-diff tr:has-text('steps')")
+            assert diff.split() == ["steps", "3", "4"]
             b_report = json.loads((runs / "tiny-b" / "report.json").read_text())
             diff_b = b_report["finetuned_minus_zero_shot"]
             row = page.text_content("#estimates tr:has-text('finetuned_minus_zero_shot')")
             assert f"{diff_b['mean']:+.3f} [{diff_b['ci95'][0]:+.3f}, {diff_b['ci95'][1]:+.3f}]" in row
-            shot(page, "05-compare.png")
-
-            page.goto(ui.url)
-            rows = page.eval_on_selector_all("#runs tr[data-run]", "rs => rs.map(r => [r.dataset.run, r.dataset.status])")
-            assert sorted(rows) == [["tiny-a", "Succeeded"], ["tiny-b", "Succeeded"]]
-            shot(page, "06-runs.png")
+            shot(page, "06-compare.png")
 
             # bad input: a folder that is not a run, a path outside the runs folder: a message in the page
             (runs / "notes").mkdir()

@@ -88,6 +88,24 @@ def test_start_stop_resume(tmp_path, fake_runner):
     assert wait_for(lambda: not control.alive(folder))
 
 
+def test_a_restarted_ui_sees_and_stops_the_runner_it_started_before(tmp_path, fake_runner):
+    root = tmp_path / "runs"
+    pid = control.start(root / "d1", "distill", {"steps": "20"})
+    assert wait_for(lambda: (root / "d1" / "nodes" / "harvest" / "log.txt").exists())
+    proc = control.started_here.pop(pid)  # a new UI process knows nothing but the run folder
+    try:
+        client = TestClient(create_app(root), base_url="http://127.0.0.1:8765")
+        run = client.get("/api/runs/d1").json()
+        assert run["status"] == "Running" and run["can_stop"]
+        assert client.post("/runs/d1/stop", follow_redirects=False).status_code == 303
+        assert proc.wait(timeout=10) == 130
+        assert client.get("/api/runs/d1").json()["status"] == "Stopped"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_a_runner_that_dies_at_once_shows_its_output(tmp_path, monkeypatch):
     monkeypatch.setattr(control, "command", lambda pipeline, folder, params, options=None: [
         sys.executable, "-c", "import sys; sys.exit('distill: parameter steps=0 must be >= 1')"])

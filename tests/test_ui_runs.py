@@ -111,7 +111,12 @@ def test_compare_two_runs(client, root):
     assert "facts.by_split.paraphrase.finetuned_minus_baseline" in text
     assert "+0.250 [+0.050, +0.450]" in text and "+0.400 [+0.050, +0.450]" in text
     assert "evaluate.fact_diff" in text and "examples" not in text.split('id="estimates"')[1]
-    assert "<select name=\"a\">" in client.get("/compare").text
+    assert "evaluate.fact_diff</td><td>0.25</td><td>0.4</td><td>+0.15</td>" in text  # B - A
+    assert '<option selected>b</option>' in client.get("/compare?a=a").text  # B: another run than A
+    picked = client.get("/compare?run=b&run=a").text  # the runs list's checkboxes, newest first
+    assert picked.index('href="/runs/a"') < picked.index('href="/runs/b"')
+    r = client.get("/compare?run=a")
+    assert r.status_code == 400 and "pick exactly two runs to compare (1 picked)" in r.text
 
 
 def test_a_folder_that_is_not_a_run_gets_a_clear_message(client, root):

@@ -4,6 +4,7 @@ leave the runs folder (`..`, absolute paths, symlinks)."""
 from __future__ import annotations
 
 import os
+import socket
 
 import pytest
 from fastapi.testclient import TestClient
@@ -76,3 +77,19 @@ def test_symlinks_out_of_the_runs_folder_are_refused(root, tmp_path):
     r = client.get("/runs/d1/files/report.md")
     assert r.status_code == 404 and "resolves outside the run folder" in r.text
     assert "do not serve" not in client.get("/runs/d1").text
+
+
+def test_kubellm_ui_refuses_bad_options_with_one_message(tmp_path):
+    (tmp_path / "file").write_text("x")
+    for argv, says in ((["--runs", str(tmp_path / "file")], "is a file, not a folder"),
+                       (["--argo-server", "localhost:2746"], "give the server's URL"),
+                       (["--port", "99999"], "give a port from 1 to 65535"),
+                       (["--host", "0.0.0.0"], "give --token")):
+        with pytest.raises(SystemExit) as e:
+            main(["ui", "--runs", str(tmp_path / "runs"), *argv])
+        assert says in str(e.value), (argv, e.value)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        with pytest.raises(SystemExit, match="cannot listen on 127.0.0.1"):
+            main(["ui", "--runs", str(tmp_path / "runs"), "--port", str(busy.getsockname()[1])])

@@ -437,12 +437,30 @@ def cmd_ui(a: argparse.Namespace) -> int:
         from workflows.ui.argo import Argo
     except ImportError as e:
         raise SystemExit(f"kubellm ui needs the ui extra: pip install 'kubellm[ui]' ({e})") from None
+    import socket
+    from urllib.parse import urlsplit
+
     argo = None
     if a.argo_server:
+        url = urlsplit(a.argo_server)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise SystemExit(f"kubellm ui: --argo-server {a.argo_server!r}: give the server's URL, e.g. "
+                             "https://localhost:2746 (after kubectl -n argo port-forward svc/argo-server 2746:2746)")
         argo = Argo(a.argo_server, a.namespace, os.environ.get("ARGO_TOKEN"),
                     verify=not a.argo_insecure)
     runs = Path(a.runs)
+    if runs.exists() and not runs.is_dir():
+        raise SystemExit(f"kubellm ui: --runs {runs} is a file, not a folder: give the folder that holds run folders")
     runs.mkdir(parents=True, exist_ok=True)
+    family = socket.AF_INET6 if ":" in a.host else socket.AF_INET
+    with socket.socket(family) as probe:  # a clear message now rather than uvicorn's log line later
+        try:
+            probe.bind((a.host, a.port))
+        except OverflowError:
+            raise SystemExit(f"kubellm ui: --port {a.port}: give a port from 1 to 65535") from None
+        except OSError as e:
+            raise SystemExit(f"kubellm ui: cannot listen on {a.host}:{a.port} ({e.strerror or e}): is another "
+                             "server using it, or is the address not this machine's? Choose another --port or --host") from None
     app = create_app(runs, argo=argo, token=token, loopback=loopback, cwd=Path.cwd())
     shown = "[" + a.host + "]" if ":" in a.host else a.host
     print(f"kubellm ui: http://{shown}:{a.port}/" + ("?token=<the token>" if token else "")

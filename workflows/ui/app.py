@@ -10,7 +10,7 @@ import hmac
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
-from fastapi import FastAPI, Form, Request
+from fastapi import FastAPI, Form, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -37,6 +37,7 @@ def create_app(runs_dir: Path, argo: Argo | None = None, token: str | None = Non
     pages = Jinja2Templates(directory=HERE / "templates")
     pages.env.globals |= {"pipelines": PIPELINES, "argo": argo}
     pages.env.filters["dur"] = _duration
+    pages.env.filters["when"] = _when
 
     def page(request: Request, name: str, status: int = 200, **ctx) -> HTMLResponse:
         return pages.TemplateResponse(request, name, ctx, status_code=status)
@@ -150,7 +151,11 @@ def create_app(runs_dir: Path, argo: Argo | None = None, token: str | None = Non
         return RedirectResponse(f"/runs/{name}", 303)
 
     @app.get("/compare", response_class=HTMLResponse)
-    def compare(request: Request, a: str = "", b: str = ""):
+    def compare(request: Request, a: str = "", b: str = "", run: list[str] = Query([])):
+        if run and not (a or b):  # the runs list's checkboxes
+            if len(run) != 2:
+                return message(request, f"pick exactly two runs to compare ({len(run)} picked)", 400, "Compare")
+            b, a = run  # the list shows the newest first: A is the older run
         if not a or not b:
             names = [r["name"] for r in runs.list_runs(root)]
             b = b or next((n for n in names if n != a), "")
@@ -263,6 +268,19 @@ def _free_name(root: Path, pipeline: str) -> str:
         i += 1
         name = f"{pipeline}-{i}"
     return name
+
+
+def _when(iso: str | None) -> str:
+    """An ISO timestamp as `2026-12-03 16:47 UTC` ("-" when there is none)."""
+    import datetime as dt
+
+    if not iso:
+        return "-"
+    try:
+        t = dt.datetime.fromisoformat(iso)
+    except ValueError:
+        return iso
+    return (t.astimezone(dt.timezone.utc) if t.tzinfo else t).strftime("%Y-%m-%d %H:%M") + (" UTC" if t.tzinfo else "")
 
 
 def _duration(seconds: float | None) -> str:
