@@ -49,6 +49,7 @@ def test_shape_one_server_at_a_time_and_keyed_outputs():
         ({"node-selector": "[1]"}, "node-selector='[1]': Input should be a valid dictionary"),
     ({"extractor-url": "http://x"}, "extractor is empty"), ({"bogus": "1"}, "unknown parameter"),
     ({"extract-mode": "magic"}, "must be one of"),
+    ({"models": "smollm2-135m,nope"}, "parameter models: unknown model 'nope'"),
 ])
 def test_bad_parameters_fail_before_any_work(params, expected):
     with pytest.raises(ValueError) as e:

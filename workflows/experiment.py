@@ -217,6 +217,13 @@ def validate_params(params: dict[str, str], files: bool = True) -> dict[str, str
         raise ValueError("studies: the list is empty; name at least one study, e.g. -p studies=study1")
     if files:
         check_studies(names)
+        from steps import models as bundled
+
+        for mdl in models:  # a name that resolves nowhere would fail only when its server starts
+            try:
+                bundled.check_name(mdl["name"])
+            except bundled.UnknownModel as e:
+                raise ValueError(f"parameter models: {e}") from None
     if values["extractor-url"] and not values["extractor"]:
         raise ValueError("extractor-url is set but extractor is empty: name the model served there (-p extractor=NAME)")
     return values
