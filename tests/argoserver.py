@@ -15,6 +15,7 @@ Argo's "Stopped with strategy 'Stop'"; retry puts a Failed/Error workflow back t
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 import threading
@@ -127,7 +128,8 @@ class ArgoServer:
             return 200, wf
         if action == "stop" and method == "PUT":
             wf["spec"]["shutdown"] = "Stop"
-            wf["status"] |= {"phase": "Failed", "message": "Stopped with strategy 'Stop'", "finishedAt": "2026-12-03T10:07:00Z"}
+            now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            wf["status"] |= {"phase": "Failed", "message": "Stopped with strategy 'Stop'", "finishedAt": now}
             return 200, wf
         if action == "retry" and method == "PUT":
             if wf["status"]["phase"] not in ("Failed", "Error"):

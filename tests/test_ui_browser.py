@@ -238,3 +238,41 @@ def test_a_stopped_argo_server_is_a_message_in_the_page_and_the_form_keeps_its_v
             shot(page, "07-argo-down.png")
     finally:
         page.close()
+
+
+def test_an_argo_workflow_watched_stopped_and_retried_in_chromium(tmp_path, browser):
+    """The Argo pages against the loopback Argo Server stand-in, serving a workflow as a real
+    controller left it: the page follows its phase, shows a pod's log, and retries it."""
+    from tests.argoserver import ArgoServer
+    from tests.test_ui_argo import TOKEN, recorded
+    from workflows.ui.app import create_app
+    from workflows.ui.argo import Argo
+
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    try:
+        with ArgoServer(token=f"Bearer {TOKEN}") as argo, \
+                Served(create_app(tmp_path / "runs", argo=Argo(argo.url, "argo", TOKEN))) as ui:
+            wf = argo.add(recorded("retry-with-dags"))
+            pod = argo.pod("retry-with-dags", "fail(1)")
+            argo.logs[pod] = "+ sh -c exit 1\nexit status 1\n"
+            page.goto(f"{ui.url}/argo")
+            page.click("a[href='/argo/retry-with-dags']")
+            assert page.text_content("#status") == "Running"
+            assert page.is_disabled("form[action$='/retry'] button")
+            page.click("a.argo-log-link:has-text('fail(1)')")
+            page.wait_for_function("document.getElementById('log-text').textContent.includes('exit status 1')")
+            page.click("form[action$='/stop'] button")  # PUT .../stop; the stand-in marks it Failed
+            page.wait_for_function("document.getElementById('status').textContent === 'Failed'")
+            assert "Stopped with strategy" in page.text_content("#wf-message")
+            assert page.is_enabled("form[action$='/retry'] button")
+            shot(page, "08-argo-stopped.png")
+            page.click("form[action$='/retry'] button")
+            page.wait_for_function("document.getElementById('status').textContent === 'Running'")
+            calls = [(r["method"], r["path"].rsplit("/", 1)[-1]) for r in argo.requests if r["method"] == "PUT"]
+            assert calls == [("PUT", "stop"), ("PUT", "retry")]
+            assert wf["status"]["phase"] == "Running"
+            wf["status"] |= {"phase": "Succeeded", "finishedAt": "2020-06-02T00:30:00Z"}  # the controller moves on
+            page.wait_for_function("document.getElementById('status').textContent === 'Succeeded'", timeout=15000)
+            assert TOKEN not in page.content()
+    finally:
+        page.close()

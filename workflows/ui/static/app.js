@@ -7,6 +7,7 @@ const POLL_MS = 2000;
 function fmtDuration(s) {
   if (s === null || s === undefined) return "-";
   const n = Math.floor(s);
+  if (n >= 86400) return `${Math.floor(n / 86400)}d${String(Math.floor((n % 86400) / 3600)).padStart(2, "0")}h`;
   if (n >= 3600) return `${Math.floor(n / 3600)}h${String(Math.floor((n % 3600) / 60)).padStart(2, "0")}m`;
   if (n >= 60) return `${Math.floor(n / 60)}m${String(n % 60).padStart(2, "0")}s`;
   return `${Number(s).toFixed(1)}s`;
@@ -46,7 +47,11 @@ function setStatus(phase) {
 
 async function getJSON(url) {
   const r = await fetch(url, {credentials: "same-origin"});
-  if (!r.ok) throw new Error(`${url}: ${r.status}`);
+  if (!r.ok) {
+    let msg = `${url}: ${r.status}`;
+    try { msg = (await r.json()).error || msg; } catch (e) { /* not JSON: keep the status */ }
+    throw new Error(msg);
+  }
   return r.json();
 }
 
@@ -139,13 +144,20 @@ function argoWorkflow(root) {
     if (!pod) return;
     const r = await fetch(`/api/argo/${encodeURIComponent(name)}/log?pod=${encodeURIComponent(pod)}&tail=200`,
                           {credentials: "same-origin"});
-    document.getElementById("log-text").textContent = r.ok ? await r.text() : `(no log: ${await r.text()})`;
+    const pre = document.getElementById("log-text");
+    pre.hidden = false;
+    pre.textContent = r.ok ? await r.text() : `(no log: ${await r.text()})`;
   }
 
   async function tick() {
     try {
       const wf = await getJSON(`/api/argo/${encodeURIComponent(name)}`);
+      if (wf.phase !== root.dataset.phase) {
+        location.reload();  // the Stop and Retry buttons as the server renders them for the new phase
+        return;
+      }
       setStatus(wf.phase);
+      document.getElementById("wf-message").textContent = wf.message || "";
       document.querySelector("#nodes tbody").replaceChildren(...wf.nodes.map((n) => {
         const tr = document.createElement("tr");
         tr.append(n.pod ? linkCell(n.name, "argo-log-link", {pod: n.pod}) : cell(n.name), cell(n.template),
@@ -155,6 +167,7 @@ function argoWorkflow(root) {
       await showLog();
       setTimeout(tick, wf.phase === "Running" || wf.phase === "Pending" ? POLL_MS : POLL_MS * 5);
     } catch (e) {
+      document.getElementById("wf-message").textContent = `cannot refresh: ${e.message}`;
       setTimeout(tick, POLL_MS * 3);
     }
   }
