@@ -35,13 +35,13 @@ test: install browser
 	$(PY) -m pytest -q tests
 
 # The UI's browser test drives the system's chromium through playwright (no browser download).
-# Debian's package is installed when this runs as root; otherwise it says what to install.
+# Debian's package is installed when this runs as root; otherwise a warning says what to install.
 # KUBELLM_CHROMIUM=/path/to/chromium picks another build.
 browser:
 	@if [ -n "$$KUBELLM_CHROMIUM" ] || command -v chromium >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium fonts-dejavu-core; \
-	else echo "the browser test needs chromium: sudo apt-get install chromium (Debian), or set KUBELLM_CHROMIUM"; exit 1; fi
+	else echo "warning: the UI's browser test will fail without chromium: sudo apt-get install chromium (Debian), or set KUBELLM_CHROMIUM"; fi
 
 # Each run adds its own file to benchmarks/results. `make bench DEMO_RUN=runs/demo` also copies in the
 # node timings of that finished demo run (`make demo` first).

@@ -1,5 +1,5 @@
 """The nli workflow as rendered: its shape, the deploy nodes' objects against k8s/nli, bad parameters
-(snapshot and lint: test_rendered.py; the run itself: test_e2e_nli.py)."""
+(snapshot and lint: test_rendered.py; the run itself: test_ui_browser.py, started from the UI)."""
 
 from __future__ import annotations
 

@@ -5,6 +5,9 @@ button (SIGINT to the runner, as Ctrl-C), resumed, and its report opened; a seco
 parameter changed is compared with it. Bad input is shown in the page. The runs are real: the local
 runner, the real steps and models, the UI served by uvicorn on a loopback port.
 
+The second run is also the end-to-end check of `nli`: its report, the published version, the service
+rolled out on the local cluster and answering /health, /model/info and /predict.
+
 Screenshots go to test-artifacts/ui/ (KUBELLM_TEST_ARTIFACTS overrides the folder).
 """
 
@@ -122,6 +125,33 @@ def wait_status(page, status: str, timeout: float) -> None:
     page.wait_for_function(f"document.getElementById('status').textContent === {status!r}", timeout=timeout * 1000)
 
 
+def served_as_run_says(out: Path, cache_dir: Path, port: int) -> None:
+    """The end of a `kubellm run nli` (here started by the UI): trained, evaluated, published, rolled
+    out on the local cluster and smoke-tested; the service still serves the trained version."""
+    import httpx
+
+    assert f"serving: kubellm-nli (model version {out.name}) at http://127.0.0.1:{port}" in \
+        (out / "ui-log.txt").read_text()
+    report = json.loads((out / "report.json").read_text())
+    test_pairs = len((out / "nodes/nli-data/artifacts/data/test.jsonl").read_text().splitlines())
+    assert report["n"] == min(12, test_pairs) and report["split"] == "test" and report["n"] > 0
+    smoke = json.loads((out / "nodes/smoke/artifacts/smoke/smoke.json").read_text())
+    assert smoke["ok"] and smoke["reached_as"] == f"http://127.0.0.1:{port}"
+    published = cache_dir / "nli" / out.name
+    assert (published / "adapter_config.json").exists()
+    assert os.readlink(cache_dir / "nli" / "current") == out.name
+    base = f"http://127.0.0.1:{port}"
+    assert httpx.get(f"{base}/health").json() == {"status": "ok", "model_loaded": True, "device": "cpu", "error": None}
+    info = httpx.get(f"{base}/model/info").json()
+    assert info["metrics"]["version"] == out.name
+    assert info["metrics"]["accuracy"] == report["finetuned"]["accuracy"]
+    assert info["training_data"] == "k8s-reference"
+    pair = smoke["predict"]["pair"]
+    got = httpx.post(f"{base}/predict", json={"premise": pair["premise"], "hypothesis": pair["hypothesis"]}).json()
+    assert got["label"] == pair["expected"]["label"]
+    assert abs(sum(got["scores"].values()) - 1) < 1e-6
+
+
 @pytest.mark.slow
 def test_start_watch_stop_resume_report_and_compare_in_chromium(tmp_path, cache_dir, browser):
     from workflows.ui import control
@@ -159,10 +189,14 @@ def test_start_watch_stop_resume_report_and_compare_in_chromium(tmp_path, cache_
             assert page.is_hidden("#stop-form") and page.is_visible("#resume-form")
             run = json.loads((runs / "tiny-a" / "run.json").read_text())
             assert run["message"] == "interrupted"
+            launch = page.text_content("#launch-log")  # what the runner said, as a terminal would show it
+            assert "interrupted (SIGINT)" in launch and "run the same command again to resume" in launch
+            assert "Traceback" not in launch
             left = subprocess.run(["pgrep", "-f", str(runs / "tiny-a")], capture_output=True, text=True).stdout
             assert not left.strip(), f"processes of the stopped run survived: {left}"
             after_stop = phases(page)
             assert all(after_stop[n] == "Succeeded" for n in done_before_stop)
+            assert "Stopped" in after_stop.values() and "Failed" not in after_stop.values()  # the node the stop ended
             shot(page, "03-stopped.png")
 
             # resume: finished nodes are reused, the rest run, the report shows
@@ -181,6 +215,7 @@ def test_start_watch_stop_resume_report_and_compare_in_chromium(tmp_path, cache_
             # a second run, one parameter changed, compared with the first
             start_from_form(page, ui.url, "tiny-b", TINY | {"steps": "4"}, port)
             wait_status(page, "Succeeded", 600)
+            served_as_run_says(runs / "tiny-b", cache_dir, port)
             page.goto(ui.url)
             rows = page.eval_on_selector_all("#runs tr[data-run]", "rs => rs.map(r => [r.dataset.run, r.dataset.status])")
             assert rows == [["tiny-b", "Succeeded"], ["tiny-a", "Succeeded"]]  # newest first
@@ -189,8 +224,8 @@ def test_start_watch_stop_resume_report_and_compare_in_chromium(tmp_path, cache_
             page.check("#runs input[value=tiny-b]")
             page.click("#compare-form button[type=submit]")
             assert page.text_content("#compare-head th:nth-child(2)") == "tiny-a"  # the older run is A
-            diff = page.text_content("#param-diff tr:has-text('steps')")
-            assert diff.split() == ["steps", "3", "4"]
+            diff = page.eval_on_selector_all("#param-diff tr:has-text('steps') td", "tds => tds.map(t => t.textContent)")
+            assert diff == ["steps", "3", "4"]
             b_report = json.loads((runs / "tiny-b" / "report.json").read_text())
             diff_b = b_report["finetuned_minus_zero_shot"]
             row = page.text_content("#estimates tr:has-text('finetuned_minus_zero_shot')")
@@ -213,8 +248,9 @@ def test_start_watch_stop_resume_report_and_compare_in_chromium(tmp_path, cache_
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        subprocess.run([sys.executable, "-m", "workflows.cli", "deployments", "--stop", "kubellm-nli"],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        stop = subprocess.run([sys.executable, "-m", "workflows.cli", "deployments", "--stop", "kubellm-nli"],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert "stopped: default/kubellm-nli" in stop.stdout, stop.stdout + stop.stderr
     assert port_free(port, wait_s=10)
 
 

@@ -512,7 +512,8 @@ class Run:
             "node_s": round(covered, 3), "overhead_s": result.overhead_s, "parallelism": self.parallelism,
             "parameters": self.params, "failed_node": failed_id,
             "nodes": {k: {"phase": v["phase"], "attempts": v.get("attempts", 0), "duration_s": v.get("duration_s", 0.0),
-                          "busy_s": v.get("busy_s", 0.0), "reused": v.get("reused", False)} for k, v in nodes.items()},
+                          "busy_s": v.get("busy_s", 0.0), "reused": v.get("reused", False),
+                          "message": v.get("message") or ""} for k, v in nodes.items()},
         })
         self.display.summary(self.name, result)
         return result

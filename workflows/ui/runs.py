@@ -216,7 +216,10 @@ def nodes(folder: Path, running: bool) -> list[dict]:
                     "attempts": st.get("attempts", 0), "message": st.get("message") or ""}
         elif nid in run_nodes and not running:
             rn = run_nodes[nid]
-            row |= {"phase": rn.get("phase") or "?", "duration_s": rn.get("duration_s"), "attempts": rn.get("attempts", 0)}
+            row |= {"phase": rn.get("phase") or "?", "duration_s": rn.get("duration_s"), "attempts": rn.get("attempts", 0),
+                    "message": rn.get("message") or ""}
+        if row["phase"] == "Failed" and row["message"] == "interrupted":
+            row["phase"] = "Stopped"  # ended by a stop (Ctrl-C), not by its own failure
         if running and row["has_log"]:
             try:
                 fresh = not st or log.stat().st_mtime > (d / "status.json").stat().st_mtime + 0.5
