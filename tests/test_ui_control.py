@@ -24,6 +24,7 @@ now = lambda: datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="s
 started = now()
 log.write_text(f"=== attempt 1 at {started}: python -m steps.harvest\n")
 print("args:", sys.argv[2:], flush=True)
+print("secrets seen:", [k for k in ("ARGO_TOKEN", "KUBELLM_UI_TOKEN") if k in __import__("os").environ], flush=True)
 def stop(signum, frame):
     (out / "run.json").write_text(json.dumps({"phase": "Failed", "message": "interrupted", "started": started,
         "finished": now(), "wall_s": 1.0, "parameters": {}, "nodes": {"harvest": {"phase": "Failed"}}}))
@@ -57,7 +58,9 @@ def wait_for(cond, timeout=10.0):
     return False
 
 
-def test_start_stop_resume(tmp_path, fake_runner):
+def test_start_stop_resume(tmp_path, fake_runner, monkeypatch):
+    monkeypatch.setenv("ARGO_TOKEN", "Bearer argo-secret")
+    monkeypatch.setenv("KUBELLM_UI_TOKEN", "ui-secret")
     root = tmp_path / "runs"
     client = TestClient(create_app(root), base_url="http://127.0.0.1:8765")
     folder = root / "d1"
@@ -83,6 +86,7 @@ def test_start_stop_resume(tmp_path, fake_runner):
     time.sleep(1.1)  # run.json's seconds: the resumed start is later than the interrupted run's finish
     assert client.post("/runs/d1/resume", follow_redirects=False).status_code == 303
     assert wait_for(lambda: "args: ['distill', 'steps=20']" in control.launch_log_tail(folder, 5))
+    assert wait_for(lambda: "secrets seen: []" in control.launch_log_tail(folder, 5))  # the UI's tokens stay in the UI
     assert client.get("/api/runs/d1").json()["status"] == "Running"
     control.stop(folder)
     assert wait_for(lambda: not control.alive(folder))

@@ -21,6 +21,7 @@ from pathlib import Path
 from workflows.runner.state import atomic_json, read_json
 
 LAUNCH_LOG = "ui-log.txt"
+UI_SECRETS = ("ARGO_TOKEN", "KUBELLM_UI_TOKEN")
 # the runners this UI process started: it reaps them (an ended one would stay a zombie that still "exists")
 started_here: dict[int, subprocess.Popen] = {}
 
@@ -109,7 +110,8 @@ def start(folder: Path, pipeline: str, params: dict[str, str], cwd: Path | None 
             log.write(f"=== {time.strftime('%Y-%m-%dT%H:%M:%S')} kubellm ui starts: kubellm "
                       f"{' '.join(argv[3:])}\n".encode())
             log.flush()
-            env = os.environ | {"PYTHONUNBUFFERED": "1"}
+            # the UI's own secrets stay with the UI: a local run needs neither
+            env = {k: v for k, v in os.environ.items() if k not in UI_SECRETS} | {"PYTHONUNBUFFERED": "1"}
             proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         started_here[proc.pid] = proc
