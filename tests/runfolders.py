@@ -7,7 +7,6 @@ built without running anything, for the tests of `kubellm ui`.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import time
@@ -15,11 +14,9 @@ from pathlib import Path
 
 import yaml
 
+from workflows.runner.state import iso
+
 RENDERED = Path(__file__).resolve().parents[1] / "workflows" / "rendered"
-
-
-def iso(t: float) -> str:
-    return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def write(path: Path, data) -> Path:

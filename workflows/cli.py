@@ -44,10 +44,14 @@ def _params(items: list[str]) -> dict[str, str]:
     return out
 
 
-def compile_doc(name: str, store: str, params: dict[str, str], serve_port: int | None = None) -> dict:
+def compile_doc(name: str, store: str, params: dict[str, str], serve_port: int | None = None,
+                checked: bool = False) -> dict:
+    """The pipeline's Workflow as a dict; `checked`: the parameters already passed validate_params
+    (check_local_run), so they are not checked a second time."""
     mod = pipeline_module(name)
     try:
-        mod.validate_params(params)
+        if not checked:
+            mod.validate_params(params)
         wf = mod.build(store=store, params=params, **({"serve_port": serve_port} if serve_port else {}))
     except (ValueError, OSError) as e:
         raise SystemExit(f"{name}: {e}") from None
@@ -139,7 +143,7 @@ def cmd_run(a: argparse.Namespace) -> int:
         check_local_run(a.pipeline, params)
     except (ValueError, OSError) as e:
         raise SystemExit(f"{a.pipeline}: {e}") from None
-    doc = compile_doc(a.pipeline, a.store, params, a.serve_port)
+    doc = compile_doc(a.pipeline, a.store, params, a.serve_port, checked=True)
     out = Path(a.out or f"runs/{a.pipeline}")
     out.mkdir(parents=True, exist_ok=True)
     from steps._io import write_text

@@ -113,7 +113,8 @@ def create_app(runs_dir: Path, argo: Argo | None = None, token: str | None = Non
         rel = where.relative_to(folder).as_posix() if where else None
         md = runs.report_md(folder)
         html = _markdown(md[0], f"/runs/{name}/files/" + (f"{md[1]}/" if md[1] != "." else "")) if md else ""
-        images = [p for p in runs.files(folder, IMAGES) if not p.startswith("nodes/")] or runs.files(folder, IMAGES)
+        every = runs.files(folder, IMAGES)
+        images = [p for p in every if not p.startswith("nodes/")] or every  # the report's copies, else the nodes'
         shown = [p for p in images if f'src="/runs/{name}/files/{p}"' not in html]  # the report shows the rest
         return {"report_html": html, "images": shown, "csvs": runs.files(folder, (".csv",)),
                 "report_json": f"{rel}/report.json" if where and runs.inside(folder, where / "report.json") else None,
@@ -196,7 +197,8 @@ def create_app(runs_dir: Path, argo: Argo | None = None, token: str | None = Non
 
         if not errors and not to_argo:  # what only the compile finds (e.g. nodes > 1 on the s3 store)
             try:
-                compile_doc(pipeline, store, params, int(opts["serve_port"]) if "serve_port" in opts else None)
+                compile_doc(pipeline, store, params, int(opts["serve_port"]) if "serve_port" in opts else None,
+                            checked=True)  # forms.check ran check_local_run
             except SystemExit as e:
                 errors[forms.field_of(str(e), list(forms.pipeline_params(pipeline)))] = str(e)
         if not errors and to_argo:

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from workflows.runner.state import read_json
+from workflows.runner.state import iso, read_json
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 ACTIVE_S = 60.0  # a run nobody here started counts as running while a node log changed this recently
@@ -60,15 +60,11 @@ def is_run(folder: Path) -> bool:
     return folder.is_dir() and any((folder / f).is_file() for f in ("workflow.json", "workflow.yaml", "run.json", "ui.json"))
 
 
-def _ts(iso: str | None) -> float | None:
+def _ts(text: str | None) -> float | None:
     try:
-        return dt.datetime.fromisoformat(iso).timestamp() if iso else None
+        return dt.datetime.fromisoformat(text).timestamp() if text else None
     except ValueError:
         return None
-
-
-def _iso(t: float | None) -> str | None:
-    return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="seconds") if t else None
 
 
 def pipeline_of(folder: Path) -> str | None:
@@ -138,7 +134,7 @@ def state(folder: Path, alive: bool | None = None) -> dict:
     if alive is None:
         alive = runner_alive(folder)
     finished_ts = _ts(run.get("finished"))
-    out = {"status": "Incomplete", "message": "", "started": _iso(started), "finished": None, "duration_s": None,
+    out = {"status": "Incomplete", "message": "", "started": iso(started), "finished": None, "duration_s": None,
            "by_ui": bool(ui)}
     if alive:
         out |= {"status": "Running", "duration_s": round(time.time() - started, 1) if started else None}
@@ -227,7 +223,7 @@ def nodes(folder: Path, running: bool) -> list[dict]:
                 fresh = not st
             if fresh:
                 t0 = _attempt_start(log)
-                row |= {"phase": "Running", "started": _iso(t0), "message": "",
+                row |= {"phase": "Running", "started": iso(t0), "message": "",
                         "duration_s": round(now - t0, 1) if t0 else None}
         if nid in run_nodes:
             row["reused"] = bool(run_nodes[nid].get("reused")) and not running
@@ -240,15 +236,14 @@ def _natural(s: str) -> list:
 
 
 def log_tail(path: Path, lines: int = 200) -> str:
-    """The last `lines` lines of a log, reading at most the last 1 MiB."""
+    """The last `lines` lines of a log (at most 5000), reading at most its last 1 MiB."""
+    from workflows.runner.processes import tail
+
     try:
-        with open(path, "rb") as f:
-            size = f.seek(0, 2)
-            f.seek(max(0, size - (1 << 20)))
-            data = f.read()
+        size = path.stat().st_size
     except OSError:
         return ""
-    return "\n".join(data.decode("utf-8", "replace").splitlines()[-max(1, min(lines, 5000)):])
+    return tail(path, max(0, size - (1 << 20)), max(1, min(lines, 5000)))
 
 
 # ---------------------------------------------------------------------------------------------
