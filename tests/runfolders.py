@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -70,3 +73,29 @@ def make_run(root: Path, name: str, pipeline: str = "distill", params: dict | No
                                     "wall_s": round(t + 1 - t0, 3), "node_s": 30.0 * len(nodes), "overhead_s": 1.0,
                                     "parallelism": 1, "parameters": values, "failed_node": None, "nodes": nodes})
     return folder
+
+
+HOLD = """
+import signal, sys, time
+from pathlib import Path
+from workflows.runner.folderlock import folder_lock
+with folder_lock(Path(sys.argv[1])):
+    print("held", flush=True)
+    while True:
+        time.sleep(0.05)
+"""
+
+
+@contextmanager
+def held_elsewhere(folder: Path):
+    """Another process holds the folder's runner lock as a `kubellm run` would (the real lock of
+    workflows.runner.folderlock), until SIGINT or the end of the block; yields that process."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert proc.stdout.readline().strip() == "held", "the holder did not take the lock"
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()

@@ -4,13 +4,16 @@ like `kubellm run` towards the folder (a node log while it works; run.json "inte
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.runfolders import make_run
+from tests.runfolders import held_elsewhere, make_run
+from workflows.runner.folderlock import holder
 from workflows.runner.state import read_json
 from workflows.ui import control
 from workflows.ui.app import create_app
@@ -130,8 +133,9 @@ def test_resume_parameters_of_a_run_started_in_a_terminal(tmp_path):
 
 def test_a_run_another_process_works_on_is_not_started(tmp_path, fake_runner):
     folder = make_run(tmp_path, "busy", running=["harvest"])
-    with pytest.raises(control.RunConflict, match="another process"):
-        control.start(folder, "distill", {})
+    with held_elsewhere(folder) as proc:
+        with pytest.raises(control.RunConflict, match=rf"outside the UI \(pid {proc.pid}\); stop it first"):
+            control.start(folder, "distill", {})
     assert not (folder / "ui.json").exists()
 
 
@@ -141,3 +145,44 @@ def test_a_reused_pid_is_not_our_runner(tmp_path):
     assert control.pid_alive(os.getpid())
     assert not control.pid_alive(os.getpid(), start="1")  # same pid, another start time
     assert not control.pid_alive(None)
+
+
+def test_a_kubellm_run_in_a_terminal_is_held_shown_and_stopped_from_the_ui(tmp_path):
+    """A real `kubellm run nli` in its own process group (as in a terminal): a second one on the same
+    folder is refused before it writes anything; the UI shows the run and stops it like Ctrl-C."""
+    folder = tmp_path / "runs" / "term"
+    cmd = [sys.executable, "-m", "workflows.cli", "run", "nli", "--out", str(folder),
+           "-p", "max-pairs=45", "-p", "steps=3", "-p", "eval-limit=12"]
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen(cmd, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        assert wait_for(lambda: any((folder / "nodes").glob("*/log.txt")), timeout=120), "no node started"
+        who = holder(folder)
+        assert who["pid"] == proc.pid and who["argv"][1:3] == ["run", "nli"]
+
+        before = (folder / "workflow.yaml").stat().st_mtime_ns
+        second = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 1 and "Traceback" not in second.stderr
+        assert f"is in use by another runner (pid {proc.pid}," in second.stderr
+        assert f"kill -INT {proc.pid}" in second.stderr
+        assert (folder / "workflow.yaml").stat().st_mtime_ns == before  # nothing rewritten
+
+        client = TestClient(create_app(tmp_path / "runs"), base_url="http://127.0.0.1:8765")
+        run = client.get("/api/runs/term").json()
+        assert run["status"] == "Running" and run["can_stop"] and not run["can_resume"]
+        assert run["message"] == f"started outside the UI: `kubellm run`, pid {proc.pid}"
+        assert client.post("/runs/term/resume").status_code == 409
+        assert client.post("/runs/term/stop", follow_redirects=False).status_code == 303
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 130, out
+        assert "nli: interrupted (SIGINT)" in out and "Traceback" not in out
+        assert read_json(folder / "run.json")["message"] == "interrupted"
+        assert holder(folder) is None  # the lock went with the runner
+        run = client.get("/api/runs/term").json()
+        assert run["status"] == "Stopped" and run["can_resume"] and not run["can_stop"]
+        assert not (folder / "ui.json").exists()  # the UI recorded nothing of a run it did not start
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

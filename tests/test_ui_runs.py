@@ -9,7 +9,7 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.runfolders import make_run, write
+from tests.runfolders import held_elsewhere, make_run, write
 from workflows.ui.app import create_app
 
 FINISHED = {"check-params": "Succeeded", "prepare-student": "Succeeded", "harvest": "Succeeded", "evaluate": "Succeeded"}
@@ -56,9 +56,13 @@ def test_runs_list_shows_every_run_with_status_and_metrics(client, root):
 
 
 def test_a_run_in_progress_shows_running_nodes_with_progress(client, root):
-    make_run(root, "live", finished={"check-params": "Succeeded"}, running=["harvest"], progress={"harvest": "3/10"})
-    run = client.get("/api/runs/live").json()
-    assert run["status"] == "Running"  # a node log changed just now, and no run.json after it
+    folder = make_run(root, "live", finished={"check-params": "Succeeded"}, running=["harvest"],
+                      progress={"harvest": "3/10"})
+    assert client.get("/api/runs/live").json()["status"] == "Incomplete"  # nobody holds the folder
+    with held_elsewhere(folder) as proc:
+        run = client.get("/api/runs/live").json()
+    assert run["status"] == "Running"  # a runner holds the folder's lock
+    assert run["message"] == f"started outside the UI: `kubellm run`, pid {proc.pid}" and run["can_stop"]
     nodes = {n["id"]: n for n in run["nodes"]}
     assert list(nodes)[:3] == ["check-params", "prepare-student", "harvest"]  # the DAG's order
     assert nodes["check-params"]["phase"] == "Succeeded" and nodes["check-params"]["duration_s"] == 30.0

@@ -148,13 +148,15 @@ def cmd_run(a: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     from steps._io import write_text
     from workflows.runner import WorkflowError, run_workflow
+    from workflows.runner.folderlock import folder_lock
 
-    write_text(out / "workflow.yaml", to_yaml(doc))
     cache = Path(os.environ.get("KUBELLM_CACHE", Path.home() / ".cache" / "kubellm"))
     cache.mkdir(parents=True, exist_ok=True)
     try:
-        result = run_workflow(doc, out, volumes={"models": cache}, jobs=a.jobs, stream_logs=a.logs,
-                              cluster=cache / "local-cluster")
+        with folder_lock(out):  # a folder another runner works on is refused before anything is written
+            write_text(out / "workflow.yaml", to_yaml(doc))
+            result = run_workflow(doc, out, volumes={"models": cache}, jobs=a.jobs, stream_logs=a.logs,
+                                  cluster=cache / "local-cluster")
     except WorkflowError as e:
         raise SystemExit(f"cannot run {a.pipeline} locally: {e}") from None
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the runner stopped its nodes and wrote run.json

@@ -28,6 +28,7 @@ from workflows.runner.localcluster import LocalCluster, read_manifest
 from workflows.runner.display import Display
 from workflows.runner.errors import TaskError, WorkflowError
 from workflows.runner.expressions import as_str, eval_when, evaluate, subst
+from workflows.runner.folderlock import folder_lock
 from workflows.runner.graph import dag_phase, fulfilled, results_of, task_phase
 from workflows.runner.processes import DAEMON_STOP_GRACE_S, POLL_S, Processes, retry_wait, tail
 from workflows.runner.state import (
@@ -545,11 +546,13 @@ def run_workflow(doc: dict, out: Path, parameters: dict[str, str] | None = None,
     jobs: max concurrent non-daemon nodes (default spec.parallelism, else 1).
     semaphore_limits: "configmap/key" (or "key") -> limit (default 1).
     cluster: the local cluster's folder, where resource templates put their objects (default <out>/cluster).
-    Raises WorkflowError before anything runs when the workflow cannot run locally.
+    Raises WorkflowError before anything runs when the workflow cannot run locally, or when another
+    runner holds `out` (workflows.runner.folderlock).
     """
-    run = Run(doc, Path(out), {k: as_str(v) for k, v in (parameters or {}).items()}, volumes or {}, jobs,
-              semaphore_limits or {}, console, stream_logs, cluster)
-    return run.execute()
+    with folder_lock(Path(out)):  # FolderBusy (a WorkflowError) when another runner works on `out`
+        run = Run(doc, Path(out), {k: as_str(v) for k, v in (parameters or {}).items()}, volumes or {}, jobs,
+                  semaphore_limits or {}, console, stream_logs, cluster)
+        return run.execute()
 
 
 def run_file(path: str | Path, out: Path, **kwargs: Any) -> RunResult:

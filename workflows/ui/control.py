@@ -4,8 +4,10 @@ A run is `python -m workflows.cli run PIPELINE --out RUNS/NAME -p k=v ...`, the 
 person types, started in a session of its own so that it outlives the UI; its output goes to
 `ui-log.txt`. Stop sends SIGINT to that process group, as Ctrl-C in a terminal would: the runner
 stops its nodes, writes run.json ("interrupted") and exits. Resume starts the same command on the
-same folder, and the runner reuses the finished nodes. Two runners never share a folder: a start
-holds an flock on `.ui.lock` while it checks that none runs and records the new pid.
+same folder, and the runner reuses the finished nodes. Two runners never share a folder: each holds
+the folder's runner lock (workflows.runner.folderlock), and a start holds an flock on `.ui.lock`
+while it checks that none runs and records the new pid. A run started by `kubellm run` in a terminal
+is found through that lock too, and Stop sends its runner the same SIGINT.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from workflows.runner.folderlock import holder
 from workflows.runner.state import atomic_json, read_json
 
 LAUNCH_LOG = "ui-log.txt"
@@ -95,16 +98,15 @@ def start(folder: Path, pipeline: str, params: dict[str, str], cwd: Path | None 
           options: dict[str, str] | None = None) -> int:
     """Start the runner on `folder` (new or to resume), detached; its pid. RunConflict when one runs.
     `options`: store, jobs, serve_port, as `kubellm run` takes them."""
-    from workflows.ui.runs import running_elsewhere
-
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / ".ui.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if alive(folder):
             raise RunConflict(f"a runner started here already works on {folder.name}; stop it first")
-        if running_elsewhere(folder):
-            raise RunConflict(f"{folder.name} is being run by another process (a node log changed in the last "
-                              "minute); stop that `kubellm run` first")
+        who = holder(folder)
+        if who is not None:
+            raise RunConflict(f"{folder.name} is being run by `kubellm run` outside the UI"
+                              f"{' (pid ' + str(who['pid']) + ')' if who.get('pid') else ''}; stop it first")
         with open(folder / LAUNCH_LOG, "ab") as log:
             argv = command(pipeline, folder, params, options)
             log.write(f"=== {time.strftime('%Y-%m-%dT%H:%M:%S')} kubellm ui starts: kubellm "
@@ -121,16 +123,42 @@ def start(folder: Path, pipeline: str, params: dict[str, str], cwd: Path | None 
     return proc.pid
 
 
+def outside_runner(folder: Path) -> dict | None:
+    """A runner the UI did not start (a `kubellm run` in a terminal) working on `folder`:
+    {"pid", "started", "argv"} from its lock (workflows.runner.folderlock)."""
+    who = holder(folder) or {}
+    pid = who.get("pid")
+    ui_pid = (read_json(folder / "ui.json") or {}).get("pid")
+    return who if isinstance(pid, int) and pid != ui_pid and pid_alive(pid) else None
+
+
+def stoppable(folder: Path) -> bool:
+    return alive(folder) or outside_runner(folder) is not None
+
+
 def stop(folder: Path) -> None:
-    """SIGINT to the runner's process group: the runner stops its nodes and records the run as interrupted."""
+    """SIGINT, as Ctrl-C: the runner stops its nodes and records the run as interrupted. A runner the
+    UI started gets it on its process group; one started in a terminal on its own pid (its terminal
+    may hold other processes in the same group)."""
     ui = read_json(folder / "ui.json") or {}
-    if not alive(folder):
-        raise RunConflict(f"no runner started by the UI is running on {folder.name}")
-    atomic_json(folder / "ui.json", ui | {"stop_requested": time.time()})
+    if alive(folder):
+        atomic_json(folder / "ui.json", ui | {"stop_requested": time.time()})
+        try:
+            os.killpg(ui["pid"], signal.SIGINT)
+        except ProcessLookupError:
+            pass
+        return
+    who = outside_runner(folder)
+    if who is None:
+        raise RunConflict(f"no runner is working on {folder.name}")
+    pid = who["pid"]
     try:
-        os.killpg(ui["pid"], signal.SIGINT)
+        os.kill(pid, signal.SIGINT)
     except ProcessLookupError:
         pass
+    except PermissionError:
+        raise RunConflict(f"{folder.name} is run by pid {pid}, which this UI may not signal (another user); "
+                          "stop it where it was started") from None
 
 
 def resume_params(folder: Path, spec: dict) -> dict[str, str]:

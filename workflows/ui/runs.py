@@ -22,7 +22,6 @@ from typing import Any
 from workflows.runner.state import iso, read_json
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-ACTIVE_S = 60.0  # a run nobody here started counts as running while a node log changed this recently
 ATTEMPT = re.compile(rb"^=== attempt \d+ at (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:[+-]\d\d:\d\d|Z)?):", re.M)
 
 
@@ -101,30 +100,11 @@ def parameters_of(folder: Path) -> dict[str, str]:
     return dict((read_json(folder / "ui.json") or {}).get("params") or {})
 
 
-def last_activity(folder: Path) -> float:
-    """When a node log or progress file last changed (0 when none exists)."""
-    newest = 0.0
-    for f in list((folder / "nodes").glob("*/log.txt")) + list((folder / "nodes").glob("*/progress")):
-        try:
-            newest = max(newest, f.stat().st_mtime)
-        except OSError:
-            pass
-    return newest
-
-
-def running_elsewhere(folder: Path) -> bool:
-    """A runner the UI did not start (a `kubellm run` in a terminal) seems to work on this folder:
-    a node log changed in the last minute, after the last run.json was written."""
-    act = last_activity(folder)
-    finished = _ts((read_json(folder / "run.json") or {}).get("finished")) or 0.0
-    return time.time() - act < ACTIVE_S and act > finished + 1
-
-
 def state(folder: Path, alive: bool | None = None) -> dict:
     """status (Running, Succeeded, Failed, Stopped, Incomplete), message, started, finished, duration_s.
 
     `alive`: whether the runner the UI started for this folder runs (workflows.ui.control.alive)."""
-    from workflows.ui.control import alive as runner_alive, launch_log_tail
+    from workflows.ui.control import alive as runner_alive, launch_log_tail, outside_runner
 
     ui = read_json(folder / "ui.json") or {}
     run = read_json(folder / "run.json") or {}
@@ -138,9 +118,10 @@ def state(folder: Path, alive: bool | None = None) -> dict:
            "by_ui": bool(ui)}
     if alive:
         out |= {"status": "Running", "duration_s": round(time.time() - started, 1) if started else None}
-    elif running_elsewhere(folder):
-        out |= {"status": "Running", "message": "started outside the UI (a node log changed in the last minute)",
-                "duration_s": round(time.time() - started, 1) if started else None}
+    elif (who := outside_runner(folder)) is not None:
+        since = _ts(who.get("started")) or started
+        out |= {"status": "Running", "message": f"started outside the UI: `kubellm run`, pid {who['pid']}",
+                "started": iso(since), "duration_s": round(time.time() - since, 1) if since else None}
     elif run and (not ui_start or (finished_ts or 0) + 1 >= ui_start):
         status = run.get("phase") or "Failed"
         if status == "Failed" and run.get("message") == "interrupted":
