@@ -69,7 +69,7 @@ def test_retry_after_is_honoured(server):
     res = chat(server, "slow down", backoff_base_s=0.001)  # our own backoff alone would be ~0 s
     elapsed = time.monotonic() - t0
     assert res.attempts == 2
-    assert 1.0 <= elapsed < 5.0
+    assert elapsed >= 1.0  # the server's Retry-After: 1, not our ~0 s backoff
 
 
 def test_bad_request_fails_at_once(server):
