@@ -322,6 +322,53 @@ def test_interrupt_kills_running_process_groups(tmp_path):
     assert run["phase"] == "Failed" and run["message"] == "interrupted"
 
 
+def test_closing_the_terminal_stops_the_run(tmp_path):
+    """The runner's terminal closes (SIGHUP, then every write fails with EIO): its nodes, each in a
+    session of its own, are stopped all the same, and run.json records the interruption."""
+    import fcntl
+    import os
+    import subprocess
+    import sys
+    import termios
+    import time
+
+    program = ("import os, subprocess, sys, time; "
+               "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+               "open(sys.argv[1], 'w').write(f'{os.getpid()} {child.pid}'); time.sleep(60)")
+    (tmp_path / "wf.json").write_text(json.dumps(one_task({"command": ["python", "-c", program],
+                                                           "args": [str(tmp_path / "pids")]})))
+    master, slave = os.openpty()
+    runner = subprocess.Popen(
+        [sys.executable, "-c", "import json, sys; from workflows.runner import run_workflow; "
+         "run_workflow(json.load(open(sys.argv[1])), sys.argv[2])", str(tmp_path / "wf.json"), str(tmp_path / "out")],
+        cwd=Path(__file__).parents[1], stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))  # the pty is the runner's terminal
+    os.close(slave)
+    os.set_blocking(master, False)
+    try:
+        deadline = time.monotonic() + 20
+        while not (tmp_path / "pids").exists() or len((tmp_path / "pids").read_text().split()) < 2:
+            assert time.monotonic() < deadline and runner.poll() is None, "the node did not start"
+            try:
+                os.read(master, 65536)  # a terminal shows what the runner writes
+            except (BlockingIOError, OSError):
+                pass
+            time.sleep(0.05)
+        pids = [int(p) for p in (tmp_path / "pids").read_text().split()]
+        os.close(master)  # the terminal window closes
+        runner.wait(timeout=30)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait()
+    deadline = time.monotonic() + 5  # SIGKILL was sent; give a busy machine a moment to deliver it
+    while [pid for pid in pids if alive(pid)] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in pids if alive(pid)]
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["phase"] == "Failed" and run["message"] == "interrupted"
+
+
 def test_resume_restarts_a_daemon_only_when_a_dependent_must_run(tmp_path):
     port = free_port()
     doc = yaml.safe_load((FIXTURES / "daemon.yaml").read_text().replace("18765", str(port)))

@@ -159,9 +159,12 @@ def cmd_run(a: argparse.Namespace) -> int:
                                   cluster=cache / "local-cluster")
     except WorkflowError as e:
         raise SystemExit(f"cannot run {a.pipeline} locally: {e}") from None
-    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the runner stopped its nodes and wrote run.json
-        print(f"\n{a.pipeline}: interrupted ({e or 'SIGINT'}) -> {out}; run the same command again to resume: "
-              "finished nodes are not redone", file=sys.stderr)
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM or SIGHUP: the runner stopped its nodes and wrote run.json
+        try:
+            print(f"\n{a.pipeline}: interrupted ({e or 'SIGINT'}) -> {out}; run the same command again to resume: "
+                  "finished nodes are not redone", file=sys.stderr)
+        except OSError:  # SIGHUP: the terminal is gone
+            pass
         return 130
     wall = time.monotonic() - t0
     report = {"distill": _collect_report, "experiment": _experiment_report, "nli": _collect_report,

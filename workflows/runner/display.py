@@ -24,7 +24,23 @@ class Display:
             self.live.start()
 
     def say(self, text: str, style: str | None = None) -> None:
-        self.console.print(text, style=style, markup=False, highlight=False, soft_wrap=True)
+        try:
+            self.console.print(text, style=style, markup=False, highlight=False, soft_wrap=True)
+        except OSError:
+            self._lost()
+
+    def _lost(self) -> None:
+        """The terminal went away (its window closed: writes fail with EIO): show nothing more, so
+        that stopping the nodes and writing run.json are not cut short by a failed write."""
+        from rich.console import Console
+
+        live, self.live = self.live, None
+        if live is not None:
+            try:
+                live.stop()
+            except OSError:
+                pass
+        self.console = Console(quiet=True)
 
     def event(self, nid: str, phase: str, message: str = "") -> None:
         if self.live is not None and phase not in FAILED and "retrying" not in message:
@@ -48,7 +64,10 @@ class Display:
 
     def stop(self) -> None:
         if self.live is not None:
-            self.live.stop()
+            try:
+                self.live.stop()
+            except OSError:
+                self._lost()
             self.live = None
 
     def summary(self, name: str, result: RunResult) -> None:
@@ -64,7 +83,10 @@ class Display:
             shown += [f"{k}/" for k in outs.get("artifacts") or {}]
             phase = st["phase"] + (" (reused)" if st.get("reused") else "")
             table.add_row(nid, phase, str(st.get("attempts", 0)), f"{st.get('duration_s', 0.0):.1f}s", " ".join(shown))
-        self.console.print(table)
+        try:
+            self.console.print(table)
+        except OSError:
+            self._lost()
         if result.phase != "Succeeded":
             self.say(f"failed: {result.message}", "red")
             if result.log_tail:

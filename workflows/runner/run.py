@@ -37,6 +37,8 @@ from workflows.runner.state import (
 )
 from workflows.runner.supported import preflight
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # each stops the run as Ctrl-C does
+
 
 class Run:
     def __init__(self, doc: dict, out: Path, parameters: dict[str, str], volumes: dict[str, Path],
@@ -77,7 +79,9 @@ class Run:
         self.t0, self.started = time.monotonic(), time.time()
         previous = {}
         if threading.current_thread() is threading.main_thread():
-            previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+            # SIGHUP: the terminal that ran `kubellm run` closed; its nodes (each in a session of its own)
+            # would otherwise outlive it, a model server holding its memory and port
+            previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
         interrupted = None
         try:
             self.root = self._start_entry()
@@ -105,7 +109,7 @@ class Run:
         return self._summarize()
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        # Ctrl-C or SIGTERM: stop everything cleanly, but never between fork and bookkeeping
+        # Ctrl-C, SIGTERM or SIGHUP: stop everything cleanly, but never between fork and bookkeeping
         if self.procs.starting:
             self.procs.pending_signal = signum
             return
