@@ -284,7 +284,22 @@ def _launch(cfg: FinetuneConfig) -> dict:
 def run(cfg: FinetuneConfig) -> dict:
     if "RANK" not in os.environ and (cfg.nproc > 1 or "PET_NNODES" in os.environ):
         return _launch(cfg)
-    return _train(cfg)
+    try:
+        return _train(cfg)
+    finally:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """A rank leaves the process group before it exits. One that exits with the group still up can
+    abort in the group's teardown ("terminate called without an active exception", SIGABRT), and
+    torchrun then stops the other ranks: rank 0 in the middle of saving what they trained."""
+    if "RANK" not in os.environ:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _seq_tokens(tok, rows: list[dict], cfg: FinetuneConfig) -> int:
