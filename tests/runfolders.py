@@ -58,7 +58,7 @@ def make_run(root: Path, name: str, pipeline: str = "distill", params: dict | No
         write(folder / "nodes" / nid / "log.txt", f"=== attempt 1 at {iso(t)}: python -m steps.{nid}\nworking\ndone\n")
         st = status(nid, ph, t, 30.0, (outputs or {}).get(nid), folder=folder)
         write(folder / "nodes" / nid / "status.json", st)
-        for f in ("log.txt", "status.json"):  # as old as the node: not the activity of a runner working now
+        for f in ("log.txt", "status.json"):  # as old as the node (a log newer than status.json is a new attempt)
             os.utime(folder / "nodes" / nid / f, (t + 30, t + 30))
         nodes[nid] = {"phase": ph, "attempts": 1, "duration_s": 30.0, "busy_s": 30.0, "reused": False}
         t += 30

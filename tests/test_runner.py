@@ -169,6 +169,13 @@ def test_resume_skips_succeeded_nodes(tmp_path):
     assert second.nodes["first"]["reused"] and not second.nodes["second"]["reused"]
     assert Path(second.nodes["second"]["outputs"]["artifacts"]["final"]).read_text() == "v1!"
     assert "reused" in console.file.getvalue()
+    # run.json keeps both invocations: the whole time of the run, from its first start
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert [(i["phase"], i["wall_s"]) for i in run["invocations"]] == [("Failed", first.wall_s),
+                                                                       ("Succeeded", second.wall_s)]
+    assert run["invocations"][0]["message"].startswith("second:")
+    assert run["total_wall_s"] == round(first.wall_s + second.wall_s, 3) and run["wall_s"] == second.wall_s
+    assert run["invocations"][0]["started"] <= run["invocations"][1]["started"] == run["started"]
 
 
 def test_resume_with_other_parameters_or_spec_is_refused(tmp_path):

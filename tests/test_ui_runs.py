@@ -72,6 +72,28 @@ def test_a_run_in_progress_shows_running_nodes_with_progress(client, root):
     assert not run["can_resume"]  # someone else's runner works on it
 
 
+def test_a_resumed_run_counts_from_its_first_start_over_all_its_invocations(client, root):
+    folder = make_run(root, "resumed", finished={"check-params": "Succeeded"}, phase="Succeeded")
+    run = json.loads((folder / "run.json").read_text())
+    first = {"started": "2026-12-01T10:00:00+00:00", "finished": "2026-12-01T10:05:00+00:00", "wall_s": 300.0,
+             "phase": "Failed", "message": "interrupted"}
+    last = {k: run[k] for k in ("started", "finished", "wall_s", "phase", "message")}
+    write(folder / "run.json", run | {"invocations": [first, last], "total_wall_s": 300.0 + run["wall_s"]})
+    shown = client.get("/api/runs/resumed").json()
+    assert shown["started"] == first["started"] and shown["duration_s"] == 300.0 + run["wall_s"]
+    assert shown["invocations"] == 2
+    assert '<span id="invocations">2</span> starts' in client.get("/runs/resumed").text
+
+
+def test_a_run_without_an_evaluate_node_is_summed_up_by_its_rows(client, root):
+    make_run(root, "exp", "experiment", phase="Succeeded",
+             finished={"plan": "Succeeded", "model.0.study.0.query": "Succeeded",
+                       "model.0.study.0.extract": "Succeeded", "collect": "Succeeded"},
+             outputs={"model.0.study.0.query": {"rows": "10", "failed": "1"},
+                      "model.0.study.0.extract": {"rows": "9", "failed": "2"}, "collect": {"failed": "3"}})
+    assert client.get("/api/runs/exp").json()["metrics"] == {"rows": 19.0, "failed": 3.0}
+
+
 def test_fanned_out_nodes_follow_their_task(client, root):
     make_run(root, "fan", pipeline="experiment", finished={"plan": "Succeeded", "model.0": "Succeeded",
                                                            "model.10": "Succeeded", "model.2": "Failed"},

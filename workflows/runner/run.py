@@ -38,6 +38,8 @@ from workflows.runner.state import (
 from workflows.runner.supported import preflight
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # each stops the run as Ctrl-C does
+MAX_INVOCATIONS = 100  # run.json keeps the latest this many invocations of a run
+INVOCATION_KEYS = ("started", "finished", "wall_s", "phase", "message")
 
 
 class Run:
@@ -511,9 +513,18 @@ class Run:
             message = f"{failed.id}: {failed.message}"
         result = RunResult("Succeeded" if ok else "Failed", nodes, round(wall, 3), round(max(wall - covered, 0.0), 3),
                            self.out, failed_id, log_tail, message)
+        finished = iso(time.time())
+        # every invocation of this run (a resume is one more), so that its whole time is known
+        previous = read_json(self.out / "run.json") or {}
+        history = []
+        if previous.get("uid") == self.uid:  # a run.json from before invocations were kept is the first one
+            history = previous.get("invocations") or [{k: previous.get(k) for k in INVOCATION_KEYS}]
+        history = [*history, dict(zip(INVOCATION_KEYS, (iso(self.started), finished, result.wall_s, result.phase,
+                                                        message)))][-MAX_INVOCATIONS:]
         atomic_json(self.out / "run.json", {
             "workflow": self.name, "uid": self.uid, "phase": result.phase, "message": message,
-            "started": iso(self.started), "finished": iso(time.time()), "wall_s": result.wall_s,
+            "started": iso(self.started), "finished": finished, "wall_s": result.wall_s,
+            "total_wall_s": round(sum(h.get("wall_s") or 0.0 for h in history), 3), "invocations": history,
             "node_s": round(covered, 3), "overhead_s": result.overhead_s, "parallelism": self.parallelism,
             "parameters": self.params, "failed_node": failed_id,
             "nodes": {k: {"phase": v["phase"], "attempts": v.get("attempts", 0), "duration_s": v.get("duration_s", 0.0),

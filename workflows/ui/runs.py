@@ -126,8 +126,12 @@ def state(folder: Path, alive: bool | None = None) -> dict:
         status = run.get("phase") or "Failed"
         if status == "Failed" and run.get("message") == "interrupted":
             status = "Stopped"
-        out |= {"status": status, "message": run.get("message") or "", "started": run.get("started"),
-                "finished": run.get("finished"), "duration_s": run.get("wall_s")}
+        # a resumed run: from its first start, for the time of all its invocations
+        invocations = run.get("invocations") or []
+        out |= {"status": status, "message": run.get("message") or "",
+                "started": (invocations[0].get("started") if invocations else None) or run.get("started"),
+                "finished": run.get("finished"), "duration_s": run.get("total_wall_s", run.get("wall_s")),
+                "invocations": len(invocations) or 1}
     elif ui:
         code = ui.get("exit_code")
         last = launch_log_tail(folder, 1).strip()
@@ -233,21 +237,29 @@ def log_tail(path: Path, lines: int = 200) -> str:
 
 def metrics(folder: Path, only_final: bool = False) -> dict[str, float]:
     """Numbers the steps reported as output parameters (the names of workflows.common.METRIC_HELP);
-    `only_final`: those of the evaluate node(s) only, the run's headline."""
+    `only_final`: the run's headline, those of the evaluate node(s), else (a pipeline without one,
+    experiment) the rows all its steps completed and gave up on."""
     from workflows.common import METRIC_HELP
 
     out: dict[str, float] = {}
+    final: dict[str, float] = {}
+    totals: dict[str, float] = {}
     for st_file in sorted((folder / "nodes").glob("*/status.json")):
         st = read_json(st_file) or {}
-        if only_final and not str(st.get("task") or st_file.parent.name).endswith("evaluate"):
-            continue
+        is_final = str(st.get("task") or st_file.parent.name).endswith("evaluate")
         for k, v in ((st.get("outputs") or {}).get("parameters") or {}).items():
-            if k in METRIC_HELP:
-                try:
-                    out[k if only_final else f"{st_file.parent.name}.{k}"] = float(v)
-                except (TypeError, ValueError):
-                    pass
-    return out
+            if k not in METRIC_HELP:
+                continue
+            try:
+                x = float(v)
+            except (TypeError, ValueError):
+                continue
+            out[f"{st_file.parent.name}.{k}"] = x
+            if is_final:
+                final[k] = x
+            elif k in ("rows", "failed") and st.get("task") != "collect":  # collect's `failed` is their sum
+                totals[k] = totals.get(k, 0.0) + x
+    return (final or totals) if only_final else out
 
 
 def inside(folder: Path, path: Path) -> bool:
