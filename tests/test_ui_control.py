@@ -21,18 +21,20 @@ from workflows.ui.app import create_app
 FAKE_RUNNER = r"""
 import datetime, json, pathlib, signal, sys, time
 out = pathlib.Path(sys.argv[1])
-log = out / "nodes" / "harvest" / "log.txt"
-log.parent.mkdir(parents=True, exist_ok=True)
 now = lambda: datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 started = now()
-log.write_text(f"=== attempt 1 at {started}: python -m steps.harvest\n")
-print("args:", sys.argv[2:], flush=True)
-print("secrets seen:", [k for k in ("ARGO_TOKEN", "KUBELLM_UI_TOKEN") if k in __import__("os").environ], flush=True)
 def stop(signum, frame):
     (out / "run.json").write_text(json.dumps({"phase": "Failed", "message": "interrupted", "started": started,
         "finished": now(), "wall_s": 1.0, "parameters": {}, "nodes": {"harvest": {"phase": "Failed"}}}))
     sys.exit(130)
+# before anything the test waits for, as the runner does before its nodes start: a SIGINT that came
+# earlier would be lost where the test process ignores SIGINT (a background job) and so this one does
 signal.signal(signal.SIGINT, stop)
+log = out / "nodes" / "harvest" / "log.txt"
+log.parent.mkdir(parents=True, exist_ok=True)
+log.write_text(f"=== attempt 1 at {started}: python -m steps.harvest\n")
+print("args:", sys.argv[2:], flush=True)
+print("secrets seen:", [k for k in ("ARGO_TOKEN", "KUBELLM_UI_TOKEN") if k in __import__("os").environ], flush=True)
 while True:
     time.sleep(0.05)
 """
