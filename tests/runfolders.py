@@ -76,7 +76,7 @@ def make_run(root: Path, name: str, pipeline: str = "distill", params: dict | No
 
 
 HOLD = """
-import signal, sys, time
+import sys, time
 from pathlib import Path
 from workflows.runner.folderlock import folder_lock
 with folder_lock(Path(sys.argv[1])):
@@ -89,7 +89,7 @@ with folder_lock(Path(sys.argv[1])):
 @contextmanager
 def held_elsewhere(folder: Path):
     """Another process holds the folder's runner lock as a `kubellm run` would (the real lock of
-    workflows.runner.folderlock), until SIGINT or the end of the block; yields that process."""
+    workflows.runner.folderlock) until the block ends (then it is killed); yields that process."""
     proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE, text=True,
                             cwd=Path(__file__).resolve().parents[1])
     try:
