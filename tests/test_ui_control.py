@@ -90,8 +90,11 @@ def test_start_stop_resume(tmp_path, fake_runner, monkeypatch):
 
     time.sleep(1.1)  # run.json's seconds: the resumed start is later than the interrupted run's finish
     assert client.post("/runs/d1/resume", follow_redirects=False).status_code == 303
-    assert wait_for(lambda: "args: ['distill', 'steps=20']" in control.launch_log_tail(folder, 5))
-    assert wait_for(lambda: "secrets seen: []" in control.launch_log_tail(folder, 5))  # the UI's tokens stay in the UI
+    def resumed_output() -> str:  # what the resumed runner wrote (the first one's lines are above its header)
+        return control.launch_log_tail(folder, 50).rsplit("kubellm ui starts", 1)[-1]
+
+    assert wait_for(lambda: "args: ['distill', 'steps=20']" in resumed_output())
+    assert wait_for(lambda: "secrets seen: []" in resumed_output())  # the UI's tokens stay in the UI
     assert client.get("/api/runs/d1").json()["status"] == "Running"
     control.stop(folder)
     assert wait_for(lambda: not control.alive(folder))
