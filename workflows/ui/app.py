@@ -103,7 +103,7 @@ def create_app(runs_dir: Path, argo: Argo | None = None, token: str | None = Non
         folder = runs.run_dir(root, name)
         s = runs.summary(root, name)
         s["nodes"] = runs.nodes(folder, s["status"] == "Running")
-        s["can_stop"] = control.stoppable(folder)
+        s["can_stop"] = s["status"] == "Running"  # a runner the UI started, or one a folder lock names
         s["can_resume"] = s["status"] != "Running" and s["pipeline"] in PIPELINES
         s["launch_log"] = control.launch_log_tail(folder, 20) if s["status"] in ("Failed", "Stopped") and s["by_ui"] else ""
         return s

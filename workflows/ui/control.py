@@ -132,10 +132,6 @@ def outside_runner(folder: Path) -> dict | None:
     return who if isinstance(pid, int) and pid != ui_pid and pid_alive(pid) else None
 
 
-def stoppable(folder: Path) -> bool:
-    return alive(folder) or outside_runner(folder) is not None
-
-
 def stop(folder: Path) -> None:
     """SIGINT, as Ctrl-C: the runner stops its nodes and records the run as interrupted. A runner the
     UI started gets it on its process group; one started in a terminal on its own pid (its terminal
